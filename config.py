@@ -1,0 +1,484 @@
+"""Configuration: the reference Swin defaults, YAML files with BASE inheritance, and checks.
+
+The keys and their groups are those of the paper's reference code, so its configs and
+command lines work here unchanged. Values are merged strictly: an unknown key or a value
+of the wrong type is a `ConfigError` that names the key and, where it can, the fix.
+"""
+
+import ast
+import difflib
+import os
+from typing import Any, Iterable, Sequence
+
+import yaml
+from yacs.config import CfgNode as CN
+
+from utils import ConfigError
+
+_C = CN()
+
+# Base config files, relative to the file that names them; merged before it.
+_C.BASE = [""]
+
+_C.DATA = CN()
+# Images per process per optimizer micro-step.
+_C.DATA.BATCH_SIZE = 128
+# Root of the dataset: <path>/train and <path>/val (folders), or the zip files and maps.
+_C.DATA.DATA_PATH = ""
+# Dataset kind: imagenet (folders or zip), imagenet22K, folder, fake (synthetic) or digits (built-in demo).
+_C.DATA.DATASET = "imagenet"
+# Input image size, in pixels (square).
+_C.DATA.IMG_SIZE = 224
+# Interpolation for resizing: random, bilinear or bicubic.
+_C.DATA.INTERPOLATION = "bicubic"
+# Read train.zip / val.zip with train_map.txt / val_map.txt instead of folders.
+_C.DATA.ZIP_MODE = False
+# Zip cache: no (read on demand), full (cache every image), part (cache this rank's shard).
+_C.DATA.CACHE_MODE = "part"
+# Pin host memory in the loaders for faster copies to the GPU.
+_C.DATA.PIN_MEMORY = True
+# Loader worker processes per rank.
+_C.DATA.NUM_WORKERS = 8
+# SimMIM mask patch size (kept for compatibility with the reference configs).
+_C.DATA.MASK_PATCH_SIZE = 32
+# SimMIM mask ratio (kept for compatibility with the reference configs).
+_C.DATA.MASK_RATIO = 0.6
+# What to do with a training image that fails to decode: fail (name it and stop) or skip (count it).
+_C.DATA.DECODE_ERRORS = "fail"
+
+_C.MODEL = CN()
+# Model family: swin, swinv2 or swin_mlp.
+_C.MODEL.TYPE = "swin"
+# Model name; also the output sub-folder.
+_C.MODEL.NAME = "swin_tiny_patch4_window7_224"
+# Checkpoint to fine-tune from (weights only; heads and tables are adapted).
+_C.MODEL.PRETRAINED = ""
+# Checkpoint to resume from (weights, optimizer, schedule, epoch).
+_C.MODEL.RESUME = ""
+# Number of classes; 0 means a model without a head. Checked against the data.
+_C.MODEL.NUM_CLASSES = 1000
+# Dropout rate.
+_C.MODEL.DROP_RATE = 0.0
+# Stochastic depth rate, reached linearly at the last block.
+_C.MODEL.DROP_PATH_RATE = 0.1
+# Label smoothing for the cross-entropy when mixup is off.
+_C.MODEL.LABEL_SMOOTHING = 0.1
+# Attention implementation: auto (fastest measured per mode), sdpa or plain (matmul + softmax).
+_C.MODEL.ATTN_IMPL = "auto"
+
+_C.MODEL.SWIN = CN()
+# Patch size of the patch embedding, in pixels.
+_C.MODEL.SWIN.PATCH_SIZE = 4
+# Input channels.
+_C.MODEL.SWIN.IN_CHANS = 3
+# Channels after the patch embedding (C).
+_C.MODEL.SWIN.EMBED_DIM = 96
+# Blocks per stage.
+_C.MODEL.SWIN.DEPTHS = [2, 2, 6, 2]
+# Attention heads per stage.
+_C.MODEL.SWIN.NUM_HEADS = [3, 6, 12, 24]
+# Window side, in tokens.
+_C.MODEL.SWIN.WINDOW_SIZE = 7
+# MLP hidden width as a multiple of the channels.
+_C.MODEL.SWIN.MLP_RATIO = 4.0
+# Bias on the query, key and value projections.
+_C.MODEL.SWIN.QKV_BIAS = True
+# Attention scale; None means head_dim ** -0.5.
+_C.MODEL.SWIN.QK_SCALE = None
+# Absolute position embedding added after the patch embedding.
+_C.MODEL.SWIN.APE = False
+# LayerNorm after the patch embedding.
+_C.MODEL.SWIN.PATCH_NORM = True
+
+_C.MODEL.SWINV2 = CN()
+# Patch size of the patch embedding, in pixels.
+_C.MODEL.SWINV2.PATCH_SIZE = 4
+# Input channels.
+_C.MODEL.SWINV2.IN_CHANS = 3
+# Channels after the patch embedding (C).
+_C.MODEL.SWINV2.EMBED_DIM = 96
+# Blocks per stage.
+_C.MODEL.SWINV2.DEPTHS = [2, 2, 6, 2]
+# Attention heads per stage.
+_C.MODEL.SWINV2.NUM_HEADS = [3, 6, 12, 24]
+# Window side, in tokens.
+_C.MODEL.SWINV2.WINDOW_SIZE = 7
+# MLP hidden width as a multiple of the channels.
+_C.MODEL.SWINV2.MLP_RATIO = 4.0
+# Bias on the query and value projections.
+_C.MODEL.SWINV2.QKV_BIAS = True
+# Absolute position embedding added after the patch embedding.
+_C.MODEL.SWINV2.APE = False
+# LayerNorm after the patch embedding.
+_C.MODEL.SWINV2.PATCH_NORM = True
+# Window sizes the pretrained weights used, per stage (0: same as now).
+_C.MODEL.SWINV2.PRETRAINED_WINDOW_SIZES = [0, 0, 0, 0]
+
+_C.MODEL.SWIN_MLP = CN()
+# Patch size of the patch embedding, in pixels.
+_C.MODEL.SWIN_MLP.PATCH_SIZE = 4
+# Input channels.
+_C.MODEL.SWIN_MLP.IN_CHANS = 3
+# Channels after the patch embedding (C).
+_C.MODEL.SWIN_MLP.EMBED_DIM = 96
+# Blocks per stage.
+_C.MODEL.SWIN_MLP.DEPTHS = [2, 2, 6, 2]
+# Spatial-MLP groups (heads) per stage.
+_C.MODEL.SWIN_MLP.NUM_HEADS = [3, 6, 12, 24]
+# Window side, in tokens.
+_C.MODEL.SWIN_MLP.WINDOW_SIZE = 7
+# MLP hidden width as a multiple of the channels.
+_C.MODEL.SWIN_MLP.MLP_RATIO = 4.0
+# Absolute position embedding added after the patch embedding.
+_C.MODEL.SWIN_MLP.APE = False
+# LayerNorm after the patch embedding.
+_C.MODEL.SWIN_MLP.PATCH_NORM = True
+
+_C.TRAIN = CN()
+# First epoch (set by resume).
+_C.TRAIN.START_EPOCH = 0
+# Training epochs.
+_C.TRAIN.EPOCHS = 300
+# Linear warm-up epochs.
+_C.TRAIN.WARMUP_EPOCHS = 20
+# AdamW weight decay.
+_C.TRAIN.WEIGHT_DECAY = 0.05
+# Learning rate for a global batch of 512 (scaled linearly to the real batch).
+_C.TRAIN.BASE_LR = 5e-4
+# Learning rate at the start of warm-up, per 512 images.
+_C.TRAIN.WARMUP_LR = 5e-7
+# Final learning rate of the cosine schedule, per 512 images.
+_C.TRAIN.MIN_LR = 5e-6
+# Gradient norm clip; 0 disables clipping.
+_C.TRAIN.CLIP_GRAD = 5.0
+# Resume from the newest checkpoint in the output folder when no --resume is given.
+_C.TRAIN.AUTO_RESUME = True
+# Micro-batches per optimizer step.
+_C.TRAIN.ACCUMULATION_STEPS = 1
+# Gradient checkpointing per block, to save memory.
+_C.TRAIN.USE_CHECKPOINT = False
+# Consecutive non-finite losses tolerated (steps skipped) before training stops.
+_C.TRAIN.MAX_NONFINITE = 10
+# Exponential moving average of the weights; 0 disables it.
+_C.TRAIN.EMA_DECAY = 0.0
+
+_C.TRAIN.LR_SCHEDULER = CN()
+# Schedule: cosine, linear, step or multistep.
+_C.TRAIN.LR_SCHEDULER.NAME = "cosine"
+# Epochs between decays of the step schedule.
+_C.TRAIN.LR_SCHEDULER.DECAY_EPOCHS = 30
+# Decay factor of the step schedule.
+_C.TRAIN.LR_SCHEDULER.DECAY_RATE = 0.1
+# Cosine: count the schedule from the end of warm-up (True) or from step 0 (False).
+_C.TRAIN.LR_SCHEDULER.WARMUP_PREFIX = True
+# Decay factor of the multistep schedule.
+_C.TRAIN.LR_SCHEDULER.GAMMA = 0.1
+# Epochs at which the multistep schedule decays.
+_C.TRAIN.LR_SCHEDULER.MULTISTEPS = []
+
+_C.TRAIN.OPTIMIZER = CN()
+# Optimizer: adamw or sgd.
+_C.TRAIN.OPTIMIZER.NAME = "adamw"
+# Optimizer epsilon.
+_C.TRAIN.OPTIMIZER.EPS = 1e-8
+# AdamW betas.
+_C.TRAIN.OPTIMIZER.BETAS = (0.9, 0.999)
+# SGD momentum.
+_C.TRAIN.OPTIMIZER.MOMENTUM = 0.9
+
+# Layer-wise learning-rate decay for fine-tuning; 1.0 disables it.
+_C.TRAIN.LAYER_DECAY = 1.0
+
+_C.AUG = CN()
+# Colour jitter strength; 0 disables it.
+_C.AUG.COLOR_JITTER = 0.4
+# timm auto-augment policy, e.g. rand-m9-mstd0.5-inc1; none disables it.
+_C.AUG.AUTO_AUGMENT = "rand-m9-mstd0.5-inc1"
+# Random erasing probability.
+_C.AUG.REPROB = 0.25
+# Random erasing fill: pixel, rand or const.
+_C.AUG.REMODE = "pixel"
+# Random erasing count.
+_C.AUG.RECOUNT = 1
+# Mixup alpha; 0 disables mixup.
+_C.AUG.MIXUP = 0.8
+# CutMix alpha; 0 disables cutmix.
+_C.AUG.CUTMIX = 1.0
+# CutMix min/max box ratio; overrides alpha when set.
+_C.AUG.CUTMIX_MINMAX = None
+# Probability of applying mixup or cutmix to a batch.
+_C.AUG.MIXUP_PROB = 1.0
+# Probability of cutmix rather than mixup when both are on.
+_C.AUG.MIXUP_SWITCH_PROB = 0.5
+# How mixup parameters are drawn: batch, pair or elem.
+_C.AUG.MIXUP_MODE = "batch"
+
+_C.TEST = CN()
+# Center crop at evaluation (resize to 256/224 of the size first); False resizes directly.
+_C.TEST.CROP = True
+# Sequential evaluation sampler (kept for compatibility; evaluation always counts each image once).
+_C.TEST.SEQUENTIAL = False
+# Shuffle the evaluation set.
+_C.TEST.SHUFFLE = False
+
+# Legacy apex flag of the reference (ignored).
+_C.ENABLE_AMP = False
+# Mixed precision on accelerators.
+_C.AMP_ENABLE = True
+# Legacy apex opt level of the reference (ignored).
+_C.AMP_OPT_LEVEL = ""
+# Mixed-precision dtype: fp16 (with loss scaling) or bf16.
+_C.AMP_DTYPE = "fp16"
+# Device: auto (CUDA when available), cpu or cuda.
+_C.DEVICE = "auto"
+# Output root; runs go to <OUTPUT>/<MODEL.NAME>/<TAG>.
+_C.OUTPUT = "output"
+# Run tag; the last part of the output folder.
+_C.TAG = "default"
+# Save a checkpoint every this many epochs (the last epoch is always saved).
+_C.SAVE_FREQ = 1
+# Log every this many steps.
+_C.PRINT_FREQ = 10
+# Random seed (each rank adds its rank).
+_C.SEED = 0
+# Only evaluate.
+_C.EVAL_MODE = False
+# Only measure throughput.
+_C.THROUGHPUT_MODE = False
+# Local rank, set by the launcher.
+_C.LOCAL_RANK = 0
+# Reference CUDA-kernel switches (ignored: the attention path here needs no custom kernels).
+_C.FUSED_WINDOW_PROCESS = False
+_C.FUSED_LAYERNORM = False
+
+_CHOICES = {
+    "DATA.INTERPOLATION": ("random", "bilinear", "bicubic"),
+    "DATA.CACHE_MODE": ("no", "full", "part"),
+    "DATA.DECODE_ERRORS": ("fail", "skip"),
+    "MODEL.TYPE": ("swin", "swinv2", "swin_mlp"),
+    "MODEL.ATTN_IMPL": ("auto", "sdpa", "plain"),
+    "TRAIN.LR_SCHEDULER.NAME": ("cosine", "linear", "step", "multistep"),
+    "TRAIN.OPTIMIZER.NAME": ("adamw", "sgd"),
+    "AUG.REMODE": ("pixel", "rand", "const"),
+    "AUG.MIXUP_MODE": ("batch", "pair", "elem"),
+    "AMP_DTYPE": ("fp16", "bf16"),
+    "DEVICE": ("auto", "cpu", "cuda"),
+}
+
+
+def default_config() -> CN:
+    """A mutable copy of the defaults."""
+    return _C.clone()
+
+
+def _all_keys(node: CN, prefix: str = "") -> list[str]:
+    keys = []
+    for name, value in node.items():
+        full = f"{prefix}{name}"
+        keys.extend(_all_keys(value, full + ".") if isinstance(value, CN) else [full])
+    return keys
+
+
+def _unknown_key_error(full_key: str, source: str) -> ConfigError:
+    known = _all_keys(_C)
+    close = difflib.get_close_matches(full_key, known, n=1, cutoff=0.6)
+    hint = f" (did you mean {close[0]}?)" if close else "; see config.py for the valid keys"
+    return ConfigError(f"config key {full_key} in {source} does not exist{hint}")
+
+
+def _coerce(full_key: str, value: Any, default: Any, source: str) -> Any:
+    """Return `value` in the type of `default`, or raise a ConfigError naming the key."""
+    if default is None or value is None:
+        return value
+    if isinstance(default, bool) or isinstance(value, bool):
+        if isinstance(default, bool) and isinstance(value, bool):
+            return value
+    elif isinstance(default, float) and isinstance(value, (int, float)):
+        return float(value)
+    elif isinstance(default, (list, tuple)) and isinstance(value, (list, tuple)):
+        return type(default)(value)
+    elif type(value) is type(default):
+        return value
+    expected = type(default).__name__
+    raise ConfigError(
+        f"config key {full_key} in {source} must be a {expected}, got {value!r} ({type(value).__name__})"
+    )
+
+
+def _merge(cfg: CN, values: dict, source: str, prefix: str = "") -> None:
+    for name, value in values.items():
+        full_key = f"{prefix}{name}"
+        if name not in cfg:
+            raise _unknown_key_error(full_key, source)
+        current = cfg[name]
+        if isinstance(current, CN):
+            if not isinstance(value, dict):
+                raise ConfigError(f"config key {full_key} in {source} is a group; give it KEY: VALUE entries")
+            _merge(current, value, source, full_key + ".")
+        else:
+            cfg[name] = _coerce(full_key, _decode(value), current, source)
+
+
+def _decode(value: Any) -> Any:
+    """Read numbers, lists and booleans written as strings (`1e-8`, `[2, 2]`, `True`), as yacs does."""
+    if not isinstance(value, str):
+        return value
+    try:
+        return ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+        return value
+
+
+def _read_yaml(cfg_file: str) -> dict:
+    if not os.path.isfile(cfg_file):
+        raise ConfigError(f"config file {cfg_file} does not exist; pass an existing YAML file to --cfg")
+    try:
+        with open(cfg_file, encoding="utf-8") as f:
+            values = yaml.safe_load(f)
+    except yaml.YAMLError as err:
+        line = getattr(getattr(err, "problem_mark", None), "line", None)
+        where = f" at line {line + 1}" if line is not None else ""
+        raise ConfigError(f"config file {cfg_file} is not valid YAML{where}; fix its syntax") from None
+    if values is None:
+        return {}
+    if not isinstance(values, dict):
+        raise ConfigError(f"config file {cfg_file} must hold KEY: VALUE entries at the top level")
+    return values
+
+
+def _merge_file(cfg: CN, cfg_file: str, seen: tuple[str, ...] = ()) -> None:
+    """Merge `cfg_file` into `cfg`, its BASE files first (relative to its folder)."""
+    real = os.path.realpath(cfg_file)
+    if real in seen:
+        raise ConfigError(f"config file {cfg_file} includes itself through BASE; remove the loop")
+    values = _read_yaml(cfg_file)
+    for base in values.pop("BASE", None) or ():
+        if base:
+            _merge_file(cfg, os.path.join(os.path.dirname(cfg_file), base), seen + (real,))
+    _merge(cfg, values, cfg_file)
+
+
+def _merge_opts(cfg: CN, opts: Sequence[str]) -> None:
+    if len(opts) % 2:
+        raise ConfigError(f"--opts takes KEY VALUE pairs; {opts[-1]!r} has no value")
+    for full_key, raw in zip(opts[0::2], opts[1::2]):
+        *groups, name = full_key.split(".")
+        node = cfg
+        for group in groups:
+            if group not in node or not isinstance(node[group], CN):
+                raise _unknown_key_error(full_key, "--opts")
+            node = node[group]
+        _merge(node, {name: raw}, "--opts", ".".join(groups) + "." if groups else "")
+
+
+def _stage_sizes(img_size: int, patch_size: int, num_stages: int) -> list[int]:
+    return [img_size // patch_size // 2**i for i in range(num_stages)]
+
+
+def validate_config(cfg: CN) -> None:
+    """Fail early, with one line, on values the model or data code could not use."""
+    for full_key, allowed in _CHOICES.items():
+        value = cfg
+        for part in full_key.split("."):
+            value = value[part]
+        if value not in allowed:
+            raise ConfigError(f"config key {full_key} is {value!r}; use one of {', '.join(allowed)}")
+    for full_key, value in (
+        ("DATA.BATCH_SIZE", cfg.DATA.BATCH_SIZE),
+        ("TRAIN.ACCUMULATION_STEPS", cfg.TRAIN.ACCUMULATION_STEPS),
+        ("TRAIN.EPOCHS", cfg.TRAIN.EPOCHS),
+        ("SAVE_FREQ", cfg.SAVE_FREQ),
+        ("PRINT_FREQ", cfg.PRINT_FREQ),
+    ):
+        if value < 1:
+            raise ConfigError(f"config key {full_key} is {value}; it must be a positive integer")
+    if cfg.DATA.NUM_WORKERS < 0 or cfg.MODEL.NUM_CLASSES < 0:
+        raise ConfigError("config keys DATA.NUM_WORKERS and MODEL.NUM_CLASSES must not be negative")
+    if not 0.0 <= cfg.MODEL.DROP_PATH_RATE < 1.0:
+        raise ConfigError(f"config key MODEL.DROP_PATH_RATE is {cfg.MODEL.DROP_PATH_RATE}; use a value in [0, 1)")
+    _validate_architecture(cfg)
+
+
+def _validate_architecture(cfg: CN) -> None:
+    group_name = {"swin": "SWIN", "swinv2": "SWINV2", "swin_mlp": "SWIN_MLP"}[cfg.MODEL.TYPE]
+    arch = cfg.MODEL[group_name]
+    prefix = f"MODEL.{group_name}"
+    if len(arch.DEPTHS) != len(arch.NUM_HEADS) or not arch.DEPTHS:
+        raise ConfigError(f"{prefix}.DEPTHS and {prefix}.NUM_HEADS must be non-empty lists of the same length")
+    stride = arch.PATCH_SIZE * 2 ** (len(arch.DEPTHS) - 1)
+    if cfg.DATA.IMG_SIZE % stride:
+        raise ConfigError(
+            f"DATA.IMG_SIZE {cfg.DATA.IMG_SIZE} is not divisible by PATCH_SIZE x 2^(stages-1) = {stride}; "
+            f"use a multiple of {stride}"
+        )
+    for stage, (size, heads) in enumerate(zip(_stage_sizes(cfg.DATA.IMG_SIZE, arch.PATCH_SIZE, len(arch.DEPTHS)),
+                                              arch.NUM_HEADS)):
+        if size > arch.WINDOW_SIZE and size % arch.WINDOW_SIZE:
+            raise ConfigError(
+                f"{prefix}.WINDOW_SIZE {arch.WINDOW_SIZE} does not tile stage {stage} ({size}x{size} tokens at "
+                f"DATA.IMG_SIZE {cfg.DATA.IMG_SIZE}); pick a window that divides {size}"
+            )
+        channels = arch.EMBED_DIM * 2**stage
+        if channels % heads:
+            raise ConfigError(f"{prefix}.NUM_HEADS[{stage}] = {heads} does not divide the {channels} channels of "
+                              f"stage {stage}; pick a divisor")
+
+
+def load_config(cfg_file: str, opts: Iterable[str] = ()) -> CN:
+    """Defaults, then `cfg_file` (with its BASE files), then `opts` pairs; checked and frozen.
+
+    Reads neither sys.argv nor the environment, so scripts and tests get the same config
+    for the same arguments.
+    """
+    cfg = default_config()
+    _merge_file(cfg, cfg_file)
+    _merge_opts(cfg, list(opts))
+    validate_config(cfg)
+    cfg.freeze()
+    return cfg
+
+
+# Named flags of main.py and the config keys they set, as in the reference code.
+_FLAG_KEYS = (
+    ("batch_size", "DATA.BATCH_SIZE"),
+    ("data_path", "DATA.DATA_PATH"),
+    ("cache_mode", "DATA.CACHE_MODE"),
+    ("pretrained", "MODEL.PRETRAINED"),
+    ("resume", "MODEL.RESUME"),
+    ("accumulation_steps", "TRAIN.ACCUMULATION_STEPS"),
+    ("output", "OUTPUT"),
+    ("tag", "TAG"),
+    ("optim", "TRAIN.OPTIMIZER.NAME"),
+    ("num_classes", "MODEL.NUM_CLASSES"),
+    ("amp_dtype", "AMP_DTYPE"),
+    ("device", "DEVICE"),
+)
+_SWITCH_KEYS = (
+    ("zip", "DATA.ZIP_MODE", True),
+    ("use_checkpoint", "TRAIN.USE_CHECKPOINT", True),
+    ("disable_amp", "AMP_ENABLE", False),
+    ("eval", "EVAL_MODE", True),
+    ("throughput", "THROUGHPUT_MODE", True),
+)
+
+
+def get_config(args: Any) -> CN:
+    """The run's config from parsed flags, with the reference semantics.
+
+    File and --opts first, then the named flags that were given; the output folder becomes
+    <OUTPUT>/<MODEL.NAME>/<TAG>, and LOCAL_RANK comes from the launcher's environment.
+    """
+    opts = list(args.opts or ())
+    for attr, key in _FLAG_KEYS:
+        value = getattr(args, attr, None)
+        if value is not None:
+            opts += [key, str(value) if not isinstance(value, str) else repr(value)]
+    for attr, key, value in _SWITCH_KEYS:
+        if getattr(args, attr, False):
+            opts += [key, str(value)]
+    cfg = load_config(args.cfg, opts)
+    cfg.defrost()
+    cfg.LOCAL_RANK = int(os.environ.get("LOCAL_RANK", getattr(args, "local_rank", None) or 0))
+    cfg.OUTPUT = os.path.join(cfg.OUTPUT, cfg.MODEL.NAME, cfg.TAG)
+    cfg.freeze()
+    return cfg

@@ -1,0 +1,100 @@
+"""Window operations shared by the Swin families: partition, shift mask, relative index, attention.
+
+All of them are reshapes, index maps or one batched kernel call; nothing loops over windows.
+"""
+
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+
+
+def window_partition(x: torch.Tensor, window_size: int) -> torch.Tensor:
+    """B, H, W, C feature map to nW*B, Ws*Ws, C windows (image-major, then row-major windows)."""
+    B, H, W, C = x.shape
+    x = x.view(B, H // window_size, window_size, W // window_size, window_size, C)  # B, nWh, Ws, nWw, Ws, C
+    return x.permute(0, 1, 3, 2, 4, 5).reshape(-1, window_size * window_size, C)  # nW*B, Ws*Ws, C
+
+
+def window_reverse(windows: torch.Tensor, window_size: int, H: int, W: int) -> torch.Tensor:
+    """nW*B, Ws*Ws, C windows back to the B, H, W, C feature map."""
+    C = windows.shape[-1]
+    x = windows.view(-1, H // window_size, W // window_size, window_size, window_size, C)  # B, nWh, nWw, Ws, Ws, C
+    return x.permute(0, 1, 3, 2, 4, 5).reshape(-1, H, W, C)  # B, H, W, C
+
+
+def pad_to_windows(x: torch.Tensor, window_size: int) -> torch.Tensor:
+    """Zero-pad a B, H, W, C map at the bottom and right to whole windows (a no-op when they tile)."""
+    H, W = x.shape[1:3]
+    pad_h, pad_w = -H % window_size, -W % window_size
+    if pad_h or pad_w:
+        x = F.pad(x, (0, 0, 0, pad_w, 0, pad_h))  # B, Hp, Wp, C
+    return x
+
+
+def relative_position_index(window_size: tuple[int, int]) -> torch.Tensor:
+    """For each query/key pair of a window, the row of the relative position bias table (Wh*Ww, Wh*Ww)."""
+    Wh, Ww = window_size
+    coords = torch.stack(torch.meshgrid(torch.arange(Wh), torch.arange(Ww), indexing="ij")).flatten(1)  # 2, N
+    relative = (coords[:, :, None] - coords[:, None, :]).permute(1, 2, 0)  # N, N, 2
+    return (relative[..., 0] + Wh - 1) * (2 * Ww - 1) + (relative[..., 1] + Ww - 1)  # N, N
+
+
+def make_shift_mask(
+    resolution: tuple[int, int], window_size: int, shift_size: int, device: Optional[torch.device] = None
+) -> torch.Tensor:
+    """The -100 / 0 mask that stops shifted windows from attending across the cyclic roll (nW, N, N)."""
+    H, W = resolution
+    region = torch.zeros((1, H, W, 1), device=device)
+    spans = (slice(0, -window_size), slice(-window_size, -shift_size), slice(-shift_size, None))
+    for i, (rows, cols) in enumerate((r, c) for r in spans for c in spans):
+        region[:, rows, cols, :] = i
+    region = window_partition(region, window_size).squeeze(-1)  # nW, N
+    differs = region.unsqueeze(1) != region.unsqueeze(2)  # nW, N, N
+    return torch.zeros(differs.shape, device=device).masked_fill(differs, -100.0)
+
+
+def _use_sdpa(impl: str, q: torch.Tensor, mask: torch.Tensor) -> bool:
+    """Whether to run the fused kernel: always for `sdpa`, never for `plain`, measured best for `auto`.
+
+    On CPU a mask that requires grad sends SDPA to its unfused math path, slower than the plain
+    path (benchmarks/bench_swin.py), so `auto` keeps the plain path for CPU training.
+    """
+    if impl != "auto":
+        return impl == "sdpa"
+    return q.device.type != "cpu" or not (mask.requires_grad and torch.is_grad_enabled())
+
+
+def window_attention(
+    qkv: torch.Tensor, mask: torch.Tensor, scale: float, dropout_p: float = 0.0, impl: str = "auto"
+) -> torch.Tensor:
+    """Softmax attention within windows with one additive mask.
+
+    Args:
+        qkv: nW*B, N, 3, nH, hd projections.
+        mask: nH, N, N for unshifted windows, or nW, nH, N, N (bias plus shift mask).
+        scale: factor applied to the query.
+        dropout_p: attention dropout, used only when > 0.
+        impl: sdpa, plain or auto.
+
+    Returns:
+        nW*B, N, nH*hd attended values.
+    """
+    B_, N, _, nH, hd = qkv.shape
+    q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each nW*B, nH, N, hd
+    if mask.dim() == 4:
+        # Fold the windows into the head axis so one mask broadcasts over the images.
+        groups = mask.shape[0] * nH
+        q, k, v = (t.reshape(-1, groups, N, hd) for t in (q, k, v))  # B, nW*nH, N, hd
+        mask = mask.reshape(1, groups, N, N)  # 1, nW*nH, N, N
+    else:
+        mask = mask.unsqueeze(0)  # 1, nH, N, N
+    mask = mask.to(q.dtype)
+    if _use_sdpa(impl, q, mask):
+        x = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, scale=scale)
+    else:
+        attn = torch.softmax((q * scale) @ k.transpose(-2, -1) + mask, dim=-1)
+        if dropout_p:
+            attn = F.dropout(attn, dropout_p)
+        x = attn @ v
+    return x.reshape(B_, nH, N, hd).transpose(1, 2).reshape(B_, N, nH * hd)  # nW*B, N, C
