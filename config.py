@@ -301,7 +301,7 @@ def _coerce(full_key: str, value: Any, default: Any, source: str) -> Any:
         return value
     expected = type(default).__name__
     raise ConfigError(
-        f"config key {full_key} in {source} must be a {expected}, got {value!r} ({type(value).__name__})"
+        f"config key {full_key} in {source} must be of type {expected}, got {value!r} ({type(value).__name__})"
     )
 
 

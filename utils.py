@@ -1,8 +1,20 @@
-"""Errors caused by the user's input, shown as one line without a traceback.
+"""User errors, atomic checkpoint I/O, auto-resume, seeding and running averages.
 
-`main()` catches `UserError`, prints `error: <message>` on stderr and exits with code 2.
-Everything else is a bug and keeps its traceback.
+`main()` catches `UserError`, prints `error: <message>` on stderr and exits with code 2;
+everything else is a bug and keeps its traceback.
 """
+
+import glob
+import logging
+import os
+import pickle
+import random
+import re
+import zipfile
+from typing import Any, Optional
+
+import numpy as np
+import torch
 
 
 class UserError(Exception):
@@ -19,3 +31,124 @@ class DataError(UserError):
 
 class CheckpointError(UserError):
     """A checkpoint file that is missing, unreadable or does not fit the model."""
+
+
+def save_checkpoint(payload: dict, path: str) -> None:
+    """Write `payload` to `path` through a temporary file and os.replace.
+
+    A crash while writing leaves the previous file (or none), never a truncated one that
+    auto-resume would pick.
+    """
+    tmp_path = f"{path}.tmp.{os.getpid()}"
+    try:
+        torch.save(payload, tmp_path)
+        os.replace(tmp_path, path)
+    finally:
+        if os.path.exists(tmp_path):
+            os.remove(tmp_path)
+
+
+def load_checkpoint_file(path: str) -> dict:
+    """Read a checkpoint as a dict of tensors and plain values, without running pickled code.
+
+    Reference checkpoints that pickled a yacs config fall back to a full unpickle of the
+    user's own file.
+    """
+    if not os.path.isfile(path):
+        raise CheckpointError(f"checkpoint {path} does not exist; check the path")
+    try:
+        try:
+            payload = torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as err:
+            if "weights_only" not in str(err):
+                raise
+            payload = torch.load(path, map_location="cpu", weights_only=False)
+    except (RuntimeError, pickle.UnpicklingError, EOFError, zipfile.BadZipFile, ValueError, OSError) as err:
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise CheckpointError(
+            f"checkpoint {path} cannot be read ({reason[:120]}); it is truncated or not a PyTorch checkpoint"
+        ) from None
+    if not isinstance(payload, dict):
+        raise CheckpointError(f"checkpoint {path} holds a {type(payload).__name__}, not a dict of weights")
+    return payload
+
+
+def model_state_from(payload: dict, path: str) -> dict:
+    """The model weights of a checkpoint: its 'model' entry, or the dict itself when it is a bare state dict."""
+    state = payload.get("model", payload)
+    if not isinstance(state, dict) or not any(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(f"checkpoint {path} holds no model weights (no 'model' state dict)")
+    return state
+
+
+def _epoch_of(path: str) -> int:
+    match = re.search(r"ckpt_epoch_(\d+)\.pth$", path)
+    return int(match.group(1)) if match else -1
+
+
+def find_resume_checkpoint(output_dir: str, logger: logging.Logger) -> Optional[str]:
+    """The newest readable `ckpt_epoch_N.pth` in `output_dir`, or None; unreadable ones are skipped with a warning."""
+    candidates = sorted(glob.glob(os.path.join(output_dir, "ckpt_epoch_*.pth")), key=_epoch_of, reverse=True)
+    for path in candidates:
+        try:
+            payload = load_checkpoint_file(path)
+        except CheckpointError as err:
+            logger.warning(f"auto-resume skips {path}: {err}")
+            continue
+        if {"model", "optimizer", "epoch"} <= payload.keys():
+            return path
+        logger.warning(f"auto-resume skips {path}: it is not a training checkpoint")
+    return None
+
+
+def rng_state() -> dict:
+    """Every random generator the training loop draws from, in types `weights_only` loading accepts."""
+    state = {
+        "python": random.getstate(),
+        "numpy": [v.tolist() if isinstance(v, np.ndarray) else v for v in np.random.get_state()],
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    """Restore what `rng_state` saved."""
+    version, *rest = state["python"]
+    random.setstate((version, tuple(rest[0]), *rest[1:]))
+    name, keys, *rest = state["numpy"]
+    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), *rest))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch, so runs with the same seed draw the same numbers."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+class AverageMeter:
+    """Running sum, count and mean of a scalar, weighted by batch size."""
+
+    def __init__(self) -> None:
+        self.val = 0.0
+        self.sum = 0.0
+        self.count = 0
+
+    def update(self, val: float, n: int = 1) -> None:
+        self.val = val
+        self.sum += val * n
+        self.count += n
+
+    @property
+    def avg(self) -> float:
+        return self.sum / max(self.count, 1)
+
+
+def as_yaml(config: Any) -> str:
+    """A config as YAML text, so checkpoints store it without pickled classes."""
+    return config.dump()

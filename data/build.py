@@ -1,0 +1,140 @@
+"""Build datasets, samplers, loaders and the mixup function from a config."""
+
+import logging
+import os
+from dataclasses import dataclass
+from typing import Any, Callable, Optional
+
+import torch
+from timm.data import Mixup
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torch.utils.data.dataloader import default_collate
+from yacs.config import CfgNode
+
+from data.datasets import DigitsDataset, FakeDataset, ImageFolderDataset, ZipMapDataset
+from data.samplers import ExactShardSampler, ShardRandomSampler
+from data.transforms import build_transform
+from runtime import Runtime
+from utils import DataError
+
+_DEFAULT_NUM_CLASSES = 1000
+# Sizes of the synthetic dataset (DATA.DATASET fake): enough batches for a throughput or smoke run.
+_FAKE_TRAIN_SIZE = 1280
+_FAKE_VAL_SIZE = 256
+
+
+@dataclass
+class LoaderBundle:
+    """What training and evaluation need from the data side."""
+
+    dataset_train: Dataset
+    dataset_val: Dataset
+    loader_train: DataLoader
+    loader_val: DataLoader
+    mixup_fn: Optional[Callable]
+    num_classes: int
+    class_names: list[str]
+
+
+class SkipUndecodable(Dataset):
+    """Yields None for images that fail to decode, so the collate function can drop them (DATA.DECODE_ERRORS skip)."""
+
+    def __init__(self, dataset: Dataset, logger: logging.Logger) -> None:
+        self.dataset = dataset
+        self.logger = logger
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> Any:
+        try:
+            return self.dataset[index]
+        except DataError as err:
+            self.logger.warning(f"skipped: {err}")
+            return None
+
+
+def collate_skipping_none(batch: list) -> Any:
+    kept = [sample for sample in batch if sample is not None]
+    if not kept:
+        return None
+    return default_collate(kept)
+
+
+def _build_datasets(config: CfgNode, rt: Runtime) -> tuple[Dataset, Dataset]:
+    kind = config.DATA.DATASET
+    root = config.DATA.DATA_PATH
+    train_tf, val_tf = build_transform(True, config), build_transform(False, config)
+    if kind == "digits":
+        return DigitsDataset(True, train_tf), DigitsDataset(False, val_tf)
+    if kind == "fake":
+        num_classes = config.MODEL.NUM_CLASSES
+        return (FakeDataset(_FAKE_TRAIN_SIZE, config.DATA.IMG_SIZE, num_classes),
+                FakeDataset(_FAKE_VAL_SIZE, config.DATA.IMG_SIZE, num_classes))
+    if not root:
+        raise DataError(f"DATA.DATASET {kind} needs a dataset; pass --data-path DIR (or use DATA.DATASET digits)")
+    if not os.path.isdir(root):
+        raise DataError(f"data path {root} does not exist; pass the folder that holds train/ and val/")
+    if config.DATA.ZIP_MODE:
+        cache = config.DATA.CACHE_MODE
+        return (
+            ZipMapDataset(os.path.join(root, "train.zip"), os.path.join(root, "train_map.txt"), train_tf, cache,
+                          rt.rank, rt.world_size),
+            ZipMapDataset(os.path.join(root, "val.zip"), os.path.join(root, "val_map.txt"), val_tf,
+                          "no" if cache == "no" else "full"),
+        )
+    return (ImageFolderDataset(os.path.join(root, "train"), train_tf),
+            ImageFolderDataset(os.path.join(root, "val"), val_tf))
+
+
+def _check_classes(config: CfgNode, train: Dataset, val: Dataset) -> int:
+    num_classes = len(train.classes)
+    if len(val.classes) != num_classes:
+        raise DataError(f"training data has {num_classes} classes but validation data has {len(val.classes)}; "
+                        "give both splits the same class folders")
+    wanted = config.MODEL.NUM_CLASSES
+    if wanted not in (_DEFAULT_NUM_CLASSES, num_classes) and config.DATA.DATASET != "fake":
+        raise DataError(f"MODEL.NUM_CLASSES is {wanted} but the data has {num_classes} classes; "
+                        f"drop --num-classes or set it to {num_classes}")
+    return num_classes
+
+
+def build_mixup(config: CfgNode, num_classes: int) -> Optional[Mixup]:
+    """timm's Mixup/CutMix with label smoothing, or None when both alphas are 0."""
+    aug = config.AUG
+    if not (aug.MIXUP > 0 or aug.CUTMIX > 0 or aug.CUTMIX_MINMAX is not None):
+        return None
+    return Mixup(mixup_alpha=aug.MIXUP, cutmix_alpha=aug.CUTMIX, cutmix_minmax=aug.CUTMIX_MINMAX,
+                 prob=aug.MIXUP_PROB, switch_prob=aug.MIXUP_SWITCH_PROB, mode=aug.MIXUP_MODE,
+                 label_smoothing=config.MODEL.LABEL_SMOOTHING, num_classes=num_classes)
+
+
+def build_loader(config: CfgNode, rt: Runtime, logger: Optional[logging.Logger] = None) -> LoaderBundle:
+    """Datasets of DATA.DATASET, sharded over the ranks of `rt`: random batches for training, each
+    validation image on exactly one rank."""
+    logger = logger or logging.getLogger(__name__)
+    train, val = _build_datasets(config, rt)
+    num_classes = _check_classes(config, train, val)
+    if config.DATA.ZIP_MODE and config.DATA.CACHE_MODE == "part":
+        sampler = ShardRandomSampler(len(train), rt.rank, rt.world_size, config.SEED)
+    else:
+        sampler = DistributedSampler(train, rt.world_size, rt.rank, shuffle=True, seed=config.SEED)
+    if len(train) // rt.world_size < config.DATA.BATCH_SIZE:
+        raise DataError(f"the training set has {len(train)} images, fewer than one batch of "
+                        f"{config.DATA.BATCH_SIZE} per process; lower --batch-size")
+    skip = config.DATA.DECODE_ERRORS == "skip"
+    common = dict(num_workers=config.DATA.NUM_WORKERS, pin_memory=config.DATA.PIN_MEMORY and rt.device.type == "cuda",
+                  persistent_workers=config.DATA.NUM_WORKERS > 0)
+    loader_train = DataLoader(SkipUndecodable(train, logger) if skip else train, batch_size=config.DATA.BATCH_SIZE,
+                              sampler=sampler, drop_last=True,
+                              collate_fn=collate_skipping_none if skip else default_collate, **common)
+    loader_val = DataLoader(val, batch_size=config.DATA.BATCH_SIZE,
+                            sampler=ExactShardSampler(len(val), rt.rank, rt.world_size), drop_last=False, **common)
+    return LoaderBundle(train, val, loader_train, loader_val, build_mixup(config, num_classes), num_classes,
+                        list(train.classes))
+
+
+def move_batch(batch: Any, device: torch.device) -> Any:
+    """Move an (images, targets) batch to `device`, without blocking when memory is pinned."""
+    images, targets = batch
+    return images.to(device, non_blocking=True), targets.to(device, non_blocking=True)

@@ -1,0 +1,188 @@
+"""Datasets: image folders, the reference zip + map layout, synthetic images and the built-in digits.
+
+Every dataset returns (image, label), keeps `classes` (names by label) and names the file in
+the error when an image cannot be read.
+"""
+
+import io
+import os
+import zipfile
+from typing import Callable, Optional
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+from torch.utils.data import Dataset
+from torchvision.datasets.folder import IMG_EXTENSIONS
+
+from utils import DataError
+
+Transform = Optional[Callable]
+
+
+def decode_image(data: bytes | str, name: str) -> Image.Image:
+    """An RGB image from file bytes or a path; a DataError naming `name` when it does not decode."""
+    try:
+        with Image.open(io.BytesIO(data) if isinstance(data, bytes) else data) as img:
+            return img.convert("RGB")
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as err:
+        raise DataError(f"image {name} cannot be decoded ({err}); remove or replace the file") from None
+
+
+class ImageFolderDataset(Dataset):
+    """`<root>/<class>/<image>` with classes in sorted order, as torchvision's ImageFolder numbers them."""
+
+    def __init__(self, root: str, transform: Transform = None) -> None:
+        if not os.path.isdir(root):
+            raise DataError(f"image folder {root} does not exist; point --data-path at a folder with train/ and val/")
+        self.root = root
+        self.transform = transform
+        self.classes = sorted(e.name for e in os.scandir(root) if e.is_dir())
+        if not self.classes:
+            raise DataError(f"image folder {root} has no class sub-folders; put images in {root}/<class>/")
+        self.samples: list[tuple[str, int]] = []
+        for label, name in enumerate(self.classes):
+            files = sorted(
+                os.path.join(dirpath, f)
+                for dirpath, _, filenames in os.walk(os.path.join(root, name), followlinks=True)
+                for f in filenames
+                if f.lower().endswith(IMG_EXTENSIONS)
+            )
+            if not files:
+                raise DataError(f"class folder {os.path.join(root, name)} has no images; add images or remove it")
+            self.samples.extend((f, label) for f in files)
+        self.targets = [label for _, label in self.samples]
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> tuple:
+        path, label = self.samples[index]
+        image = decode_image(path, path)
+        return (self.transform(image) if self.transform else image), label
+
+
+def read_map_file(path: str) -> list[tuple[str, int]]:
+    """Lines `<path in zip>\\t<label>` of a reference map file."""
+    if not os.path.isfile(path):
+        raise DataError(f"map file {path} does not exist; write it with `python -m data.make_map`")
+    entries = []
+    with open(path, encoding="utf-8") as f:
+        for number, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            parts = line.rstrip("\n").split("\t")
+            if len(parts) != 2 or not parts[1].strip().lstrip("-").isdigit():
+                raise DataError(f"map file {path} line {number} is not `<path>\\t<label>`: {line.strip()[:80]!r}")
+            entries.append((parts[0], int(parts[1])))
+    if not entries:
+        raise DataError(f"map file {path} is empty; it needs one `<path>\\t<label>` line per image")
+    return entries
+
+
+class ZipMapDataset(Dataset):
+    """The reference zip layout: images inside `<split>.zip`, labels in `<split>_map.txt`.
+
+    Cache modes as the reference defines them: `no` reads each image on demand, `full` holds
+    every image's bytes in memory, `part` holds only the images whose index falls to this
+    shard (index % num_shards == shard). The zip is opened lazily in each worker process.
+    """
+
+    def __init__(
+        self, zip_path: str, map_path: str, transform: Transform = None, cache_mode: str = "no",
+        shard: int = 0, num_shards: int = 1,
+    ) -> None:
+        if not os.path.isfile(zip_path):
+            raise DataError(f"zip file {zip_path} does not exist; --zip expects train.zip and val.zip in --data-path")
+        self.zip_path = zip_path
+        self.transform = transform
+        self.samples = read_map_file(map_path)
+        self.targets = [label for _, label in self.samples]
+        with zipfile.ZipFile(zip_path) as archive:
+            names = set(archive.namelist())
+            missing = [p for p, _ in self.samples if p not in names]
+            if missing:
+                raise DataError(f"map file {map_path} names {missing[0]}, which is not in {zip_path} "
+                                f"({len(missing)} missing); rewrite the map file")
+            self._cache = {
+                i: archive.read(p)
+                for i, (p, _) in enumerate(self.samples)
+                if cache_mode == "full" or (cache_mode == "part" and i % num_shards == shard)
+            }
+        self.classes = _class_names(self.samples)
+        self._archive: Optional[zipfile.ZipFile] = None
+        self._archive_pid = -1
+
+    def _read(self, index: int) -> bytes:
+        if index in self._cache:
+            return self._cache[index]
+        if self._archive is None or self._archive_pid != os.getpid():
+            self._archive = zipfile.ZipFile(self.zip_path)
+            self._archive_pid = os.getpid()
+        return self._archive.read(self.samples[index][0])
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> tuple:
+        name, label = self.samples[index]
+        image = decode_image(self._read(index), f"{self.zip_path}:{name}")
+        return (self.transform(image) if self.transform else image), label
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state["_archive"], state["_archive_pid"] = None, -1
+        return state
+
+
+def _class_names(samples: list[tuple[str, int]]) -> list[str]:
+    """Class names from the folder part of the paths, when every label has one folder; else the label numbers."""
+    folders: dict[int, set[str]] = {}
+    for path, label in samples:
+        folders.setdefault(label, set()).add(os.path.dirname(path))
+    count = max(folders) + 1
+    if len(folders) == count and all(len(f) == 1 and next(iter(f)) for f in folders.values()):
+        return [os.path.basename(next(iter(folders[i]))) for i in range(count)]
+    return [str(i) for i in range(count)]
+
+
+class DigitsDataset(Dataset):
+    """scikit-learn's 1,797 real 8x8 handwritten digits, upscaled to 32x32: the built-in demo set.
+
+    The split is fixed: every fifth image (index % 5 == 0) is validation, the rest training.
+    """
+
+    def __init__(self, train: bool, transform: Transform = None) -> None:
+        from sklearn.datasets import load_digits
+
+        digits = load_digits()
+        keep = (np.arange(len(digits.target)) % 5 != 0) == train
+        pixels = (digits.images[keep] * (255.0 / 16.0)).round().astype(np.uint8)  # n, 8, 8
+        self.images = pixels.repeat(4, axis=1).repeat(4, axis=2)  # n, 32, 32
+        self.targets = digits.target[keep].tolist()
+        self.classes = [str(d) for d in range(10)]
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def __getitem__(self, index: int) -> tuple:
+        image = Image.fromarray(self.images[index], mode="L").convert("RGB")
+        return (self.transform(image) if self.transform else image), self.targets[index]
+
+
+class FakeDataset(Dataset):
+    """Random normalised images with random labels, the same for the same index: for throughput and smoke runs."""
+
+    def __init__(self, size: int, img_size: int, num_classes: int) -> None:
+        self.size = size
+        self.img_size = img_size
+        self.classes = [str(i) for i in range(max(num_classes, 1))]
+        self.targets = [i % len(self.classes) for i in range(size)]
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __getitem__(self, index: int) -> tuple:
+        generator = torch.Generator().manual_seed(index)
+        return torch.randn(3, self.img_size, self.img_size, generator=generator), self.targets[index]

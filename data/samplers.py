@@ -1,0 +1,46 @@
+"""Samplers that shard data across ranks."""
+
+from typing import Iterator
+
+import torch
+from torch.utils.data import Sampler
+
+
+class ExactShardSampler(Sampler[int]):
+    """Indices rank, rank + world, rank + 2*world, ...: every index on exactly one rank, none padded.
+
+    Evaluation sums correct and total counts over ranks, so accuracy with N processes equals
+    accuracy with one. Ranks may get one index more or less than each other.
+    """
+
+    def __init__(self, length: int, rank: int, world_size: int) -> None:
+        self.indices = range(rank, length, world_size)
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+
+class ShardRandomSampler(Sampler[int]):
+    """This rank's fixed shard (rank::world) in a fresh order each epoch, for the zip `part` cache.
+
+    The shard matches the images the rank cached; the order depends on the seed and the epoch
+    only, so a resumed run draws the same batches.
+    """
+
+    def __init__(self, length: int, rank: int, world_size: int, seed: int = 0) -> None:
+        self.indices = list(range(rank, length, world_size))
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self) -> Iterator[int]:
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        return iter([self.indices[i] for i in torch.randperm(len(self.indices), generator=generator).tolist()])
+
+    def __len__(self) -> int:
+        return len(self.indices)

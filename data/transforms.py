@@ -1,0 +1,66 @@
+"""The paper's training augmentation (through timm) and the evaluation resize and crop."""
+
+from typing import Callable
+
+from PIL import Image, ImageOps
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, create_transform
+from timm.data import auto_augment as timm_auto_augment
+from timm.data.transforms import str_to_interp_mode
+from torchvision import transforms
+from yacs.config import CfgNode
+
+
+def posterize_keeping_zero_bits(img: Image.Image, bits_to_keep: int, **_: object) -> Image.Image:
+    """Posterize that keeps `bits_to_keep` = 0 meaning a black image, as Pillow did before version 13.
+
+    timm's RandAugment asks for 0 bits at magnitude 10 (rand-m9-mstd0.5 reaches it); Pillow 13
+    raises ValueError there instead, which would stop a training epoch.
+    """
+    if bits_to_keep >= 8:
+        return img
+    if bits_to_keep <= 0:
+        return Image.new(img.mode, img.size)
+    return ImageOps.posterize(img, bits_to_keep)
+
+
+def _fix_posterize(transform: transforms.Compose) -> None:
+    """Point every Posterize op of the transform's RandAugment at `posterize_keeping_zero_bits`."""
+    for step in transform.transforms:
+        for op in getattr(step, "ops", ()):
+            if op.aug_fn is timm_auto_augment.posterize:
+                op.aug_fn = posterize_keeping_zero_bits
+
+
+def build_transform(is_train: bool, config: CfgNode) -> Callable:
+    """Training: RandomResizedCrop, flip, RandAugment, colour jitter, random erasing (RandomCrop with
+    padding 4 at 32px and below). Evaluation: resize to 256/224 of the size and center crop, or
+    resize straight to the size when TEST.CROP is False."""
+    img_size = config.DATA.IMG_SIZE
+    resize_im = img_size > 32
+    if is_train:
+        aug = config.AUG
+        transform = create_transform(
+            input_size=img_size,
+            is_training=True,
+            color_jitter=aug.COLOR_JITTER if aug.COLOR_JITTER > 0 else None,
+            auto_augment=aug.AUTO_AUGMENT if aug.AUTO_AUGMENT != "none" else None,
+            re_prob=aug.REPROB,
+            re_mode=aug.REMODE,
+            re_count=aug.RECOUNT,
+            interpolation=config.DATA.INTERPOLATION,
+        )
+        _fix_posterize(transform)
+        if not resize_im:
+            transform.transforms[0] = transforms.RandomCrop(img_size, padding=4)
+        return transform
+    steps = []
+    if resize_im:
+        interpolation = str_to_interp_mode(config.DATA.INTERPOLATION if config.DATA.INTERPOLATION != "random"
+                                           else "bicubic")
+        if config.TEST.CROP:
+            steps += [transforms.Resize(int(256 / 224 * img_size), interpolation=interpolation),
+                      transforms.CenterCrop(img_size)]
+        else:
+            steps.append(transforms.Resize((img_size, img_size), interpolation=interpolation))
+    steps += [transforms.ToTensor(), transforms.Normalize(IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD)]
+    return transforms.Compose(steps)

@@ -1,0 +1,83 @@
+"""Adapt published weights to a model of another window, size or class count, for fine-tuning.
+
+Relative position bias tables and the absolute position embedding are resized bicubically;
+a 21841-class ImageNet-22k head becomes a 1000-class head by picking the rows of the 1k
+classes; any other class-count mismatch leaves the new head at its initialisation.
+"""
+
+import logging
+from functools import lru_cache
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+# Buffers that the model recomputes for its own window and size; never taken from a file.
+DERIVED_BUFFERS = ("relative_position_index", "attn_mask", "relative_coords_table")
+_IMAGENET22K_CLASSES = 21841
+_IMAGENET1K_CLASSES = 1000
+# Teddy bear (n04399382, 1k class 850) is missing from the 22k wnid list; the reference maps it to this row.
+_TEDDY_BEAR_1K_INDEX, _TEDDY_BEAR_22K_ROW = 850, 5564
+
+
+@lru_cache(maxsize=1)
+def imagenet22k_to_1k_rows() -> tuple[int, ...]:
+    """For each ImageNet-1k class, the row of the ImageNet-22k head that predicts it.
+
+    Derived from the wnid lists timm installs: a 1k wnid's position in the sorted 22k list.
+    """
+    from timm.data import ImageNetInfo
+
+    info_1k, info_22k = ImageNetInfo("imagenet-1k"), ImageNetInfo("imagenet-21k")
+    rows_22k = {wnid: i for i, wnid in enumerate(sorted(info_22k.label_names()))}
+    rows = [rows_22k.get(wnid, -1) for wnid in info_1k.label_names()]
+    rows[_TEDDY_BEAR_1K_INDEX] = _TEDDY_BEAR_22K_ROW
+    return tuple(rows)
+
+
+def resize_bias_table(table: torch.Tensor, new_rows: int) -> torch.Tensor:
+    """A (2W-1)^2 x nH relative position bias table resized bicubically to `new_rows` rows."""
+    old_side, new_side = round(table.shape[0] ** 0.5), round(new_rows**0.5)
+    grid = table.permute(1, 0).reshape(1, -1, old_side, old_side)  # 1, nH, S, S
+    grid = F.interpolate(grid, size=(new_side, new_side), mode="bicubic", align_corners=False)
+    return grid.reshape(-1, new_side * new_side).permute(1, 0)  # S'*S', nH
+
+
+def resize_position_embedding(embed: torch.Tensor, new_tokens: int) -> torch.Tensor:
+    """A 1 x L x C absolute position embedding resized bicubically to `new_tokens` tokens."""
+    old_side, new_side = round(embed.shape[1] ** 0.5), round(new_tokens**0.5)
+    grid = embed.reshape(1, old_side, old_side, -1).permute(0, 3, 1, 2)  # 1, C, S, S
+    grid = F.interpolate(grid, size=(new_side, new_side), mode="bicubic", align_corners=False)
+    return grid.permute(0, 2, 3, 1).reshape(1, new_side * new_side, -1)  # 1, S'*S', C
+
+
+def _adapt_head(state: dict, target: dict, logger: logging.Logger) -> None:
+    if "head.weight" not in state or "head.weight" not in target:
+        state.pop("head.weight", None)
+        state.pop("head.bias", None)
+        return
+    old, new = state["head.weight"].shape[0], target["head.weight"].shape[0]
+    if old == new:
+        return
+    if old == _IMAGENET22K_CLASSES and new == _IMAGENET1K_CLASSES:
+        rows = torch.tensor(imagenet22k_to_1k_rows())
+        state["head.weight"], state["head.bias"] = state["head.weight"][rows], state["head.bias"][rows]
+        logger.info("head: mapped the ImageNet-22k classifier to the 1,000 ImageNet-1k classes")
+        return
+    del state["head.weight"], state["head.bias"]
+    logger.info(f"head: the checkpoint has {old} classes and the model {new}; the head starts from scratch")
+
+
+def adapt_state_dict(state: dict, model: nn.Module, logger: logging.Logger) -> dict:
+    """`state` reshaped to fit `model`: derived buffers dropped, tables and embeddings resized, head mapped."""
+    target = model.state_dict()
+    state = {k: v for k, v in state.items() if not k.endswith(DERIVED_BUFFERS)}
+    for key, value in list(state.items()):
+        if key not in target or target[key].shape == value.shape:
+            continue
+        if key.endswith("relative_position_bias_table"):
+            state[key] = resize_bias_table(value, target[key].shape[0])
+        elif key == "absolute_pos_embed":
+            state[key] = resize_position_embedding(value, target[key].shape[1])
+    _adapt_head(state, target, logger)
+    return state

@@ -1,0 +1,148 @@
+import argparse
+import glob
+import os
+
+import pytest
+
+from config import get_config, load_config
+from conftest import ROOT, TINY_CFG, assert_user_error, run_main
+from utils import ConfigError
+
+CONFIG_FILES = sorted(glob.glob(os.path.join(ROOT, "configs", "**", "*.yaml"), recursive=True))
+
+
+def cfg_path(name: str) -> str:
+    return os.path.join(ROOT, "configs", name)
+
+
+def test_every_shipped_config_loads():
+    assert len(CONFIG_FILES) >= 33
+    for path in CONFIG_FILES:
+        cfg = load_config(path)
+        assert cfg.is_frozen()
+        assert cfg.MODEL.NAME
+
+
+def test_reference_file_names_are_shipped():
+    swin = {os.path.basename(p) for p in glob.glob(cfg_path("swin/*.yaml"))}
+    swinv2 = {os.path.basename(p) for p in glob.glob(cfg_path("swinv2/*.yaml"))}
+    assert len(swinv2) == 12
+    assert {"swin_tiny_patch4_window7_224.yaml", "swin_tiny_patch4_window7_224_22k.yaml",
+            "swin_tiny_patch4_window7_224_22kto1k_finetune.yaml", "swin_base_patch4_window12_384_finetune.yaml",
+            "swin_tiny_c24_patch4_window8_256.yaml", "swin_large_patch4_window12_384_22kto1k_finetune.yaml"} <= swin
+    assert {"swinv2_tiny_patch4_window8_256.yaml", "swinv2_base_patch4_window12_192_22k.yaml",
+            "swinv2_large_patch4_window12to24_192to384_22kto1k_ft.yaml"} <= swinv2
+
+
+def test_swin_tiny_has_the_paper_recipe():
+    cfg = load_config(cfg_path("swin_tiny.yaml"))
+    assert cfg.MODEL.TYPE == "swin" and cfg.MODEL.NAME == "swin_tiny_patch4_window7_224"
+    assert cfg.MODEL.DROP_PATH_RATE == 0.2
+    assert list(cfg.MODEL.SWIN.DEPTHS) == [2, 2, 6, 2] and list(cfg.MODEL.SWIN.NUM_HEADS) == [3, 6, 12, 24]
+    assert cfg.TRAIN.BASE_LR == 5e-4 and cfg.TRAIN.EPOCHS == 300 and cfg.TRAIN.WARMUP_EPOCHS == 20
+    assert cfg.TRAIN.WEIGHT_DECAY == 0.05 and cfg.TRAIN.CLIP_GRAD == 5.0
+    assert cfg.AUG.AUTO_AUGMENT == "rand-m9-mstd0.5-inc1"
+    assert (cfg.AUG.MIXUP, cfg.AUG.CUTMIX, cfg.MODEL.LABEL_SMOOTHING, cfg.AUG.REPROB) == (0.8, 1.0, 0.1, 0.25)
+    assert load_config(cfg_path("swin_small.yaml")).MODEL.DROP_PATH_RATE == 0.3
+    assert load_config(cfg_path("swin_base.yaml")).MODEL.DROP_PATH_RATE == 0.5
+
+
+def test_reference_values_per_family():
+    pre = load_config(cfg_path("swin/swin_base_patch4_window7_224_22k.yaml"))
+    assert (pre.DATA.DATASET, pre.MODEL.DROP_PATH_RATE, pre.MODEL.SWIN.EMBED_DIM) == ("imagenet22K", 0.2, 128)
+    assert (pre.TRAIN.EPOCHS, pre.TRAIN.WARMUP_EPOCHS, pre.TRAIN.BASE_LR, pre.TRAIN.MIN_LR) == (90, 5, 1.25e-4, 1.25e-6)
+    ft = load_config(cfg_path("swin/swin_base_patch4_window12_384_22kto1k_finetune.yaml"))
+    assert (ft.DATA.IMG_SIZE, ft.MODEL.SWIN.WINDOW_SIZE, ft.TEST.CROP) == (384, 12, False)
+    assert (ft.TRAIN.EPOCHS, ft.TRAIN.WEIGHT_DECAY, ft.TRAIN.BASE_LR, ft.TRAIN.WARMUP_LR) == (30, 1e-8, 2e-5, 2e-8)
+    assert list(ft.MODEL.SWIN.DEPTHS) == [2, 2, 18, 2] and ft.MODEL.DROP_PATH_RATE == 0.2
+    c24 = load_config(cfg_path("swin/swin_tiny_c24_patch4_window8_256.yaml"))
+    assert (c24.DATA.IMG_SIZE, c24.MODEL.SWIN.WINDOW_SIZE, list(c24.MODEL.SWIN.NUM_HEADS)) == (256, 8, [4, 8, 16, 32])
+    v2 = load_config(cfg_path("swinv2/swinv2_large_patch4_window12to16_192to256_22kto1k_ft.yaml"))
+    assert (v2.MODEL.TYPE, v2.DATA.DATASET, v2.DATA.IMG_SIZE, v2.MODEL.SWINV2.WINDOW_SIZE) == \
+        ("swinv2", "imagenet", 256, 16)
+    assert list(v2.MODEL.SWINV2.PRETRAINED_WINDOW_SIZES) == [12, 12, 12, 6]
+    assert (v2.MODEL.SWINV2.EMBED_DIM, v2.TRAIN.WEIGHT_DECAY) == (192, 1e-8)
+    v2_22k = load_config(cfg_path("swinv2/swinv2_base_patch4_window12_192_22k.yaml"))
+    assert (v2_22k.DATA.IMG_SIZE, v2_22k.TRAIN.WEIGHT_DECAY, v2_22k.MODEL.SWINV2.WINDOW_SIZE) == (192, 0.1, 12)
+    v2_t = load_config(cfg_path("swinv2/swinv2_small_patch4_window16_256.yaml"))
+    assert (v2_t.MODEL.SWINV2.WINDOW_SIZE, v2_t.MODEL.DROP_PATH_RATE, list(v2_t.MODEL.SWINV2.DEPTHS)) == \
+        (16, 0.3, [2, 2, 18, 2])
+
+
+def test_opts_override_and_coerce():
+    cfg = load_config(TINY_CFG, ["TRAIN.BASE_LR", "1", "DATA.DATA_PATH", "/some/where", "MODEL.SWIN.APE", "True"])
+    assert cfg.TRAIN.BASE_LR == 1.0 and isinstance(cfg.TRAIN.BASE_LR, float)
+    assert cfg.DATA.DATA_PATH == "/some/where" and cfg.MODEL.SWIN.APE is True
+
+
+def test_unknown_key_suggests_the_nearest():
+    with pytest.raises(ConfigError, match=r"TRAIN\.EPOCS .*did you mean TRAIN\.EPOCHS\?"):
+        load_config(TINY_CFG, ["TRAIN.EPOCS", "3"])
+
+
+def test_unknown_key_in_file_names_the_file(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("DATA:\n  BATCH_SIZ: 4\n")
+    with pytest.raises(ConfigError, match=r"DATA\.BATCH_SIZ in .*bad\.yaml .*did you mean DATA\.BATCH_SIZE\?"):
+        load_config(str(path))
+
+
+def test_wrong_type_names_key_and_type():
+    with pytest.raises(ConfigError, match=r"DATA\.BATCH_SIZE .* must be of type int, got 'big'"):
+        load_config(TINY_CFG, ["DATA.BATCH_SIZE", "big"])
+
+
+def test_base_loop_is_an_error(tmp_path):
+    (tmp_path / "a.yaml").write_text("BASE: ['b.yaml']\n")
+    (tmp_path / "b.yaml").write_text("BASE: ['a.yaml']\n")
+    with pytest.raises(ConfigError, match="includes itself"):
+        load_config(str(tmp_path / "a.yaml"))
+
+
+@pytest.mark.parametrize("opts, message", [
+    (["DATA.IMG_SIZE", "36"], "not divisible by PATCH_SIZE"),
+    (["DATA.IMG_SIZE", "48", "MODEL.SWIN.WINDOW_SIZE", "5"], "does not tile stage 0"),
+    (["DATA.BATCH_SIZE", "-4"], "DATA.BATCH_SIZE is -4"),
+    (["MODEL.TYPE", "resnet"], "use one of swin, swinv2, swin_mlp"),
+    (["MODEL.SWIN.NUM_HEADS", "[3, 4]"], "does not divide"),
+])
+def test_validation_fails_early(opts, message):
+    with pytest.raises(ConfigError, match=message.replace(".", r"\.")):
+        load_config(TINY_CFG, opts)
+
+
+def test_get_config_applies_flags_and_output_folder(monkeypatch):
+    monkeypatch.setenv("LOCAL_RANK", "3")
+    args = argparse.Namespace(cfg=TINY_CFG, opts=None, batch_size=4, data_path="/d", zip=True, cache_mode="no",
+                              pretrained=None, resume="r.pth", accumulation_steps=2, use_checkpoint=True,
+                              disable_amp=True, output="out", tag="t1", eval=True, throughput=False, optim="sgd",
+                              num_classes=None, amp_dtype="bf16", device="cpu", local_rank=None)
+    cfg = get_config(args)
+    assert (cfg.DATA.BATCH_SIZE, cfg.DATA.DATA_PATH, cfg.DATA.ZIP_MODE, cfg.DATA.CACHE_MODE) == (4, "/d", True, "no")
+    assert (cfg.MODEL.RESUME, cfg.TRAIN.ACCUMULATION_STEPS, cfg.TRAIN.USE_CHECKPOINT) == ("r.pth", 2, True)
+    assert (cfg.AMP_ENABLE, cfg.EVAL_MODE, cfg.THROUGHPUT_MODE, cfg.TRAIN.OPTIMIZER.NAME) == (False, True, False, "sgd")
+    assert (cfg.AMP_DTYPE, cfg.DEVICE, cfg.LOCAL_RANK) == ("bf16", "cpu", 3)
+    assert cfg.OUTPUT == os.path.join("out", "swin_tiny_test", "t1")
+
+
+def test_cli_unknown_key():
+    result = run_main("--cfg", "configs/swin_tiny.yaml", "--opts", "TRAIN.EPOCS", "3")
+    assert_user_error(result, "TRAIN.EPOCS", "TRAIN.EPOCHS")
+
+
+def test_cli_missing_config_file():
+    assert_user_error(run_main("--cfg", "configs/nope.yaml"), "configs/nope.yaml", "does not exist")
+
+
+def test_cli_bad_type():
+    assert_user_error(run_main("--cfg", TINY_CFG, "--opts", "TRAIN.EPOCHS", "many"), "TRAIN.EPOCHS", "int")
+
+
+def test_cli_unknown_flag():
+    assert_user_error(run_main("--cfg", TINY_CFG, "--batch_sise", "4"), "--batch_sise", "--batch-size")
+
+
+def test_cli_missing_data_path(tmp_path):
+    result = run_main("--cfg", "configs/swin_tiny.yaml", "--data-path", str(tmp_path / "none"),
+                      "--output", str(tmp_path / "out"))
+    assert_user_error(result, str(tmp_path / "none"), "does not exist")
