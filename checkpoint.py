@@ -15,12 +15,15 @@ from utils import CheckpointError, load_checkpoint_file, model_state_from, rng_s
 def _check_fits(model: nn.Module, state: dict, path: str, hint: str) -> None:
     """Raise a CheckpointError listing the first mismatched keys when `state` does not fit `model`."""
     target = model.state_dict()
-    wanted = {k for k in target if not k.endswith(DERIVED_BUFFERS)}
-    given = {k for k in state if not k.endswith(DERIVED_BUFFERS)}
-    problems = [f"missing {k}" for k in sorted(wanted - given)]
-    problems += [f"unexpected {k}" for k in sorted(given - wanted)]
-    problems += [f"{k} {tuple(state[k].shape)} vs {tuple(target[k].shape)}" for k in sorted(wanted & given)
-                 if state[k].shape != target[k].shape]
+    wanted = [k for k in target if not k.endswith(DERIVED_BUFFERS)]
+    given = [k for k in state if not k.endswith(DERIVED_BUFFERS)]
+    problems = []
+    for key in wanted:
+        if key not in state:
+            problems.append(f"missing {key}")
+        elif state[key].shape != target[key].shape:
+            problems.append(f"{key} {tuple(state[key].shape)} vs {tuple(target[key].shape)}")
+    problems += [f"unexpected {k}" for k in given if k not in target]
     if problems:
         shown = ", ".join(problems[:3]) + (f" and {len(problems) - 3} more" if len(problems) > 3 else "")
         raise CheckpointError(f"checkpoint {path} does not fit this model ({shown}); {hint}")
