@@ -178,7 +178,11 @@ class PatchMerging(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, H, W, C = x.shape
         x = F.pad(x, (0, 0, 0, W % 2, 0, H % 2))  # B, H', W', C with even H', W'
-        x = torch.cat([x[:, 0::2, 0::2], x[:, 1::2, 0::2], x[:, 0::2, 1::2], x[:, 1::2, 1::2]], -1)  # B, H/2, W/2, 4C
+        H, W = x.shape[1:3]
+        # The reference concatenates x[0::2, 0::2], x[1::2, 0::2], x[0::2, 1::2], x[1::2, 1::2]: column parity
+        # is the slower of the two neighbour axes, which the permute below reproduces in one copy.
+        x = x.reshape(B, H // 2, 2, W // 2, 2, C)  # B, H/2, dh, W/2, dw, C
+        x = x.permute(0, 1, 3, 4, 2, 5).reshape(B, H // 2, W // 2, 4 * C)  # B, H/2, W/2, 4C
         return self.reduction(self.norm(x))  # B, H/2, W/2, 2C
 
     def flops(self) -> int:
