@@ -394,6 +394,9 @@ def validate_config(cfg: CN) -> None:
             raise ConfigError(f"config key {full_key} is {value}; it must be a positive integer")
     if cfg.DATA.NUM_WORKERS < 0 or cfg.MODEL.NUM_CLASSES < 0:
         raise ConfigError("config keys DATA.NUM_WORKERS and MODEL.NUM_CLASSES must not be negative")
+    if not 0 <= cfg.TRAIN.WARMUP_EPOCHS < cfg.TRAIN.EPOCHS:
+        raise ConfigError(f"TRAIN.WARMUP_EPOCHS is {cfg.TRAIN.WARMUP_EPOCHS} with TRAIN.EPOCHS {cfg.TRAIN.EPOCHS}; "
+                          "warm-up must be shorter than training")
     if not 0.0 <= cfg.MODEL.DROP_PATH_RATE < 1.0:
         raise ConfigError(f"config key MODEL.DROP_PATH_RATE is {cfg.MODEL.DROP_PATH_RATE}; use a value in [0, 1)")
     _validate_architecture(cfg)

@@ -1,5 +1,6 @@
 """Per-step learning-rate schedules with linear warm-up, and the reference's linear lr scaling."""
 
+import bisect
 from dataclasses import dataclass
 
 from timm.scheduler import CosineLRScheduler, MultiStepLRScheduler, PolyLRScheduler, StepLRScheduler
@@ -11,6 +12,13 @@ from utils import ConfigError
 
 # The linear schedule ends at this fraction of the base rate, as in the reference.
 _LINEAR_END_RATE = 0.01
+
+
+class ReferenceMultiStepLRScheduler(MultiStepLRScheduler):
+    """timm's multistep schedule with the reference's timing: milestone m applies from step m, not m - 1."""
+
+    def get_curr_decay_steps(self, t: int) -> int:
+        return bisect.bisect_right(self.decay_t, t)
 
 
 @dataclass(frozen=True)
@@ -45,9 +53,9 @@ def build_scheduler(config: CfgNode, optimizer: Optimizer, steps_per_epoch: int,
                                lr_min=lrs.base * _LINEAR_END_RATE, warmup_prefix=True, **warmup)
     if name == "step":
         return StepLRScheduler(optimizer, decay_t=int(sched.DECAY_EPOCHS * steps_per_epoch),
-                               decay_rate=sched.DECAY_RATE, **warmup)
+                               decay_rate=sched.DECAY_RATE, warmup_prefix=False, **warmup)
     if name == "multistep":
         milestones = [int(m * steps_per_epoch) for m in sched.MULTISTEPS]
-        return MultiStepLRScheduler(optimizer, decay_t=milestones, decay_rate=sched.GAMMA, warmup_prefix=False,
-                                    **warmup)
+        return ReferenceMultiStepLRScheduler(optimizer, decay_t=milestones, decay_rate=sched.GAMMA,
+                                             warmup_prefix=False, **warmup)
     raise ConfigError(f"TRAIN.LR_SCHEDULER.NAME {name!r} is not known; use cosine, linear, step or multistep")

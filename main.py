@@ -92,7 +92,7 @@ def _build_model(config: CfgNode, rt: Runtime, logger: object) -> tuple[nn.Modul
     model = build_model(config)
     params = sum(p.numel() for p in model.parameters())
     flops = model.flops() if hasattr(model, "flops") else 0
-    logger.info(f"model {config.MODEL.NAME}: {params:,} parameters, {flops / 1e9:.2f} GMACs at {config.DATA.IMG_SIZE}px")
+    logger.info(f"model {config.MODEL.NAME}: {params:,} parameters, {flops / 1e9:.3g} GMACs at {config.DATA.IMG_SIZE}px")
     return wrap_model(model, rt)
 
 

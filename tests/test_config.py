@@ -103,6 +103,7 @@ def test_base_loop_is_an_error(tmp_path):
     (["DATA.IMG_SIZE", "36"], "not divisible by PATCH_SIZE"),
     (["DATA.IMG_SIZE", "48", "MODEL.SWIN.WINDOW_SIZE", "5"], "does not tile stage 0"),
     (["DATA.BATCH_SIZE", "-4"], "DATA.BATCH_SIZE is -4"),
+    (["TRAIN.EPOCHS", "3", "TRAIN.WARMUP_EPOCHS", "3"], "warm-up must be shorter"),
     (["MODEL.TYPE", "resnet"], "use one of swin, swinv2, swin_mlp"),
     (["MODEL.SWIN.NUM_HEADS", "[3, 4]"], "does not divide"),
 ])
