@@ -159,8 +159,6 @@ _C.TRAIN.ACCUMULATION_STEPS = 1
 _C.TRAIN.USE_CHECKPOINT = False
 # Consecutive non-finite losses tolerated (steps skipped) before training stops.
 _C.TRAIN.MAX_NONFINITE = 10
-# Exponential moving average of the weights; 0 disables it.
-_C.TRAIN.EMA_DECAY = 0.0
 
 _C.TRAIN.LR_SCHEDULER = CN()
 # Schedule: cosine, linear, step or multistep.

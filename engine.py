@@ -87,12 +87,15 @@ def train_one_epoch(ctx: TrainContext, loader: Iterable, epoch: int) -> dict:
     meters = {k: AverageMeter() for k in ("loss", "grad_norm", "loss_scale", "img_s")}
     total = len(loader)
     skipped, images_seen, started = 0, 0, time.time()
+    ctx.optimizer.zero_grad(set_to_none=True)
     for index, batch in enumerate(loader):
         if batch is None:
             continue
         tick = time.time()
         images, targets = batch[0].to(ctx.rt.device, non_blocking=True), batch[1].to(ctx.rt.device, non_blocking=True)
         if ctx.mixup_fn is not None:
+            if len(images) % 2:  # mixup pairs images; a batch that lost an undecodable image drops one more
+                images, targets = images[:-1], targets[:-1]
             images, targets = ctx.mixup_fn(images, targets)
         is_step = (index + 1) % ctx.accumulation_steps == 0
         sync = is_step or not hasattr(ctx.model, "no_sync")

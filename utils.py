@@ -11,7 +11,7 @@ import pickle
 import random
 import re
 import zipfile
-from typing import Any, Optional
+from typing import Optional
 
 import numpy as np
 import torch
@@ -147,8 +147,3 @@ class AverageMeter:
     @property
     def avg(self) -> float:
         return self.sum / max(self.count, 1)
-
-
-def as_yaml(config: Any) -> str:
-    """A config as YAML text, so checkpoints store it without pickled classes."""
-    return config.dump()

@@ -5,7 +5,6 @@ import os
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
-import torch
 from timm.data import Mixup
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from torch.utils.data.dataloader import default_collate
@@ -132,9 +131,3 @@ def build_loader(config: CfgNode, rt: Runtime, logger: Optional[logging.Logger] 
                             sampler=ExactShardSampler(len(val), rt.rank, rt.world_size), drop_last=False, **common)
     return LoaderBundle(train, val, loader_train, loader_val, build_mixup(config, num_classes), num_classes,
                         list(train.classes))
-
-
-def move_batch(batch: Any, device: torch.device) -> Any:
-    """Move an (images, targets) batch to `device`, without blocking when memory is pinned."""
-    images, targets = batch
-    return images.to(device, non_blocking=True), targets.to(device, non_blocking=True)

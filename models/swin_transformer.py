@@ -15,6 +15,7 @@ from timm.layers import DropPath, trunc_normal_
 from torch import nn
 
 from models.window_ops import (
+    combine_masks,
     make_shift_mask,
     pad_to_windows,
     relative_position_index,
@@ -87,10 +88,9 @@ class WindowAttention(nn.Module):
         """
         B_, N, C = x.shape
         qkv = self.qkv(x).view(B_, N, 3, self.num_heads, C // self.num_heads)  # nW*B, N, 3, nH, hd
-        mask = self.relative_position_bias()
-        if shift_mask is not None:
-            mask = shift_mask.unsqueeze(1).to(mask.dtype) + mask  # nW, nH, N, N
-        x = window_attention(qkv, mask, self.scale, self.attn_drop if self.training else 0.0, self.attn_impl)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each nW*B, nH, N, hd
+        mask = combine_masks(self.relative_position_bias(), shift_mask)
+        x = window_attention(q, k, v, mask, self.scale, self.attn_drop if self.training else 0.0, self.attn_impl)
         return self.proj_drop(self.proj(x))
 
     def flops(self, N: int) -> int:
@@ -190,6 +190,16 @@ class PatchMerging(nn.Module):
         return H * W * self.dim + (H // 2) * (W // 2) * 4 * self.dim * 2 * self.dim
 
 
+def forward_blocks(blocks: nn.ModuleList, x: torch.Tensor, use_checkpoint: bool) -> torch.Tensor:
+    """Run `blocks` in turn; with `use_checkpoint`, recompute each one's activations in the backward pass."""
+    for block in blocks:
+        if use_checkpoint and torch.is_grad_enabled():
+            x = torch.utils.checkpoint.checkpoint(block, x, use_reentrant=False)
+        else:
+            x = block(x)
+    return x
+
+
 class BasicLayer(nn.Module):
     """One stage: `depth` blocks alternating plain and shifted windows, then an optional PatchMerging."""
 
@@ -225,11 +235,7 @@ class BasicLayer(nn.Module):
         self.downsample = PatchMerging(input_resolution, dim) if downsample else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        for block in self.blocks:
-            if self.use_checkpoint and torch.is_grad_enabled():
-                x = torch.utils.checkpoint.checkpoint(block, x, use_reentrant=False)
-            else:
-                x = block(x)
+        x = forward_blocks(self.blocks, x, self.use_checkpoint)
         return self.downsample(x) if self.downsample is not None else x
 
     def flops(self) -> int:
@@ -320,7 +326,7 @@ class SwinTransformer(nn.Module):
             )
         self.norm = nn.LayerNorm(self.num_features)
         self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
-        self.apply(_init_weights)
+        self.apply(init_weights)
         self.set_grad_checkpointing(use_checkpoint)
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
@@ -369,7 +375,7 @@ class SwinTransformer(nn.Module):
         return total + self.num_features * self.num_classes
 
 
-def _init_weights(module: nn.Module) -> None:
+def init_weights(module: nn.Module) -> None:
     if isinstance(module, nn.Linear):
         trunc_normal_(module.weight, std=0.02)
         if module.bias is not None:

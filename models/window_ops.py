@@ -54,6 +54,13 @@ def make_shift_mask(
     return torch.zeros(differs.shape, device=device).masked_fill(differs, -100.0)
 
 
+def combine_masks(bias: torch.Tensor, shift_mask: Optional[torch.Tensor]) -> torch.Tensor:
+    """The one additive mask of a block: the position bias (nH, N, N), plus the shift mask (nW, N, N) if any."""
+    if shift_mask is None:
+        return bias
+    return shift_mask.unsqueeze(1).to(bias.dtype) + bias  # nW, nH, N, N
+
+
 def _use_sdpa(impl: str, q: torch.Tensor, mask: torch.Tensor) -> bool:
     """Whether to run the fused kernel: always for `sdpa`, never for `plain`, measured best for `auto`.
 
@@ -66,12 +73,13 @@ def _use_sdpa(impl: str, q: torch.Tensor, mask: torch.Tensor) -> bool:
 
 
 def window_attention(
-    qkv: torch.Tensor, mask: torch.Tensor, scale: float, dropout_p: float = 0.0, impl: str = "auto"
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, scale: float, dropout_p: float = 0.0,
+    impl: str = "auto",
 ) -> torch.Tensor:
     """Softmax attention within windows with one additive mask.
 
     Args:
-        qkv: nW*B, N, 3, nH, hd projections.
+        q, k, v: nW*B, nH, N, hd queries, keys and values.
         mask: nH, N, N for unshifted windows, or nW, nH, N, N (bias plus shift mask).
         scale: factor applied to the query.
         dropout_p: attention dropout, used only when > 0.
@@ -80,8 +88,7 @@ def window_attention(
     Returns:
         nW*B, N, nH*hd attended values.
     """
-    B_, N, _, nH, hd = qkv.shape
-    q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each nW*B, nH, N, hd
+    B_, nH, N, hd = q.shape
     if mask.dim() == 4:
         # Fold the windows into the head axis so one mask broadcasts over the images.
         groups = mask.shape[0] * nH

@@ -1,0 +1,296 @@
+"""Swin Transformer V2: scaled cosine attention, log-spaced continuous position bias, res-post-norm.
+
+Liu et al., "Swin Transformer V2: Scaling Up Capacity and Resolution", CVPR 2022. Names, shapes
+and initialisation follow the paper's reference code, so its checkpoints load as they are; the
+position-bias MLP works on normalised coordinates, so it transfers across window sizes as it is.
+"""
+
+import math
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from timm.layers import DropPath, trunc_normal_
+from torch import nn
+
+from models.swin_transformer import Mlp, PatchEmbed, forward_blocks, init_weights
+from models.window_ops import (
+    combine_masks,
+    make_shift_mask,
+    pad_to_windows,
+    relative_position_index,
+    window_attention,
+    window_partition,
+    window_reverse,
+)
+
+# The learned temperature is capped at 100 (logit_scale <= log 100), as in the paper.
+_MAX_LOGIT_SCALE = math.log(100.0)
+
+
+def log_spaced_coords(window_size: tuple[int, int], pretrained_window_size: tuple[int, int]) -> torch.Tensor:
+    """Relative offsets of a window, normalised by the (pretrained) window and log-spaced: 1, 2Wh-1, 2Ww-1, 2."""
+    Wh, Ww = window_size
+    norm_h, norm_w = pretrained_window_size if pretrained_window_size[0] > 0 else window_size
+    dh = torch.arange(-(Wh - 1), Wh, dtype=torch.float32) / max(norm_h - 1, 1)
+    dw = torch.arange(-(Ww - 1), Ww, dtype=torch.float32) / max(norm_w - 1, 1)
+    table = torch.stack(torch.meshgrid(dh, dw, indexing="ij")).permute(1, 2, 0).unsqueeze(0) * 8  # in [-8, 8]
+    return torch.sign(table) * torch.log2(table.abs() + 1.0) / math.log2(8)
+
+
+class WindowAttention(nn.Module):
+    """Window attention with cosine similarity, a learned per-head temperature and a continuous bias."""
+
+    def __init__(
+        self,
+        dim: int,
+        window_size: tuple[int, int],
+        num_heads: int,
+        qkv_bias: bool = True,
+        attn_drop: float = 0.0,
+        proj_drop: float = 0.0,
+        pretrained_window_size: tuple[int, int] = (0, 0),
+        attn_impl: str = "auto",
+    ) -> None:
+        super().__init__()
+        self.dim = dim
+        self.window_size = window_size
+        self.pretrained_window_size = pretrained_window_size
+        self.num_heads = num_heads
+        self.attn_impl = attn_impl
+        self.logit_scale = nn.Parameter(torch.log(10 * torch.ones((num_heads, 1, 1))))
+        self.cpb_mlp = nn.Sequential(nn.Linear(2, 512, bias=True), nn.ReLU(inplace=True),
+                                     nn.Linear(512, num_heads, bias=False))
+        self.register_buffer("relative_coords_table", log_spaced_coords(window_size, pretrained_window_size))
+        self.register_buffer("relative_position_index", relative_position_index(window_size))
+        self.qkv = nn.Linear(dim, dim * 3, bias=False)
+        self.q_bias = nn.Parameter(torch.zeros(dim)) if qkv_bias else None
+        self.v_bias = nn.Parameter(torch.zeros(dim)) if qkv_bias else None
+        self.attn_drop = attn_drop
+        self.proj = nn.Linear(dim, dim)
+        self.proj_drop = nn.Dropout(proj_drop)
+
+    def relative_position_bias(self) -> torch.Tensor:
+        """16 * sigmoid of the MLP's bias for every query/key pair: nH, N, N."""
+        N = self.window_size[0] * self.window_size[1]
+        table = self.cpb_mlp(self.relative_coords_table).view(-1, self.num_heads)  # (2Wh-1)*(2Ww-1), nH
+        bias = table[self.relative_position_index.view(-1)].view(N, N, -1).permute(2, 0, 1)  # nH, N, N
+        return 16 * torch.sigmoid(bias)
+
+    def forward(self, x: torch.Tensor, shift_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        B_, N, C = x.shape
+        bias = None
+        if self.q_bias is not None:
+            bias = torch.cat((self.q_bias, torch.zeros_like(self.v_bias), self.v_bias))  # no key bias
+        qkv = F.linear(x, self.qkv.weight, bias).view(B_, N, 3, self.num_heads, C // self.num_heads)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each nW*B, nH, N, hd
+        temperature = torch.clamp(self.logit_scale, max=_MAX_LOGIT_SCALE).exp()  # nH, 1, 1
+        q = F.normalize(q, dim=-1) * temperature
+        k = F.normalize(k, dim=-1)
+        mask = combine_masks(self.relative_position_bias(), shift_mask)
+        x = window_attention(q, k, v, mask, 1.0, self.attn_drop if self.training else 0.0, self.attn_impl)
+        return self.proj_drop(self.proj(x))
+
+    def flops(self, N: int) -> int:
+        head_dim = self.dim // self.num_heads
+        return N * self.dim * 3 * self.dim + 2 * self.num_heads * N * head_dim * N + N * self.dim * self.dim
+
+
+class SwinTransformerBlock(nn.Module):
+    """Window attention and MLP, each normalised after the branch (res-post-norm) before the residual."""
+
+    def __init__(
+        self,
+        dim: int,
+        input_resolution: tuple[int, int],
+        num_heads: int,
+        window_size: int,
+        shift_size: int,
+        mlp_ratio: float,
+        drop_path: float,
+        attn_options: dict,
+    ) -> None:
+        super().__init__()
+        self.dim = dim
+        self.input_resolution = input_resolution
+        self.mlp_ratio = mlp_ratio
+        if min(input_resolution) <= window_size:
+            shift_size, window_size = 0, min(input_resolution)
+        self.window_size = window_size
+        self.shift_size = shift_size
+        pretrained = attn_options.pop("pretrained_window_size", 0)
+        self.attn = WindowAttention(dim, (window_size, window_size), num_heads,
+                                    pretrained_window_size=(pretrained, pretrained), **attn_options)
+        self.norm1 = nn.LayerNorm(dim)
+        self.drop_path = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), drop=attn_options.get("proj_drop", 0.0))
+        self.norm2 = nn.LayerNorm(dim)
+        attn_mask = make_shift_mask(input_resolution, window_size, shift_size) if shift_size else None
+        self.register_buffer("attn_mask", attn_mask)
+
+    def _shift_mask(self, Hp: int, Wp: int, device: torch.device) -> Optional[torch.Tensor]:
+        if not self.shift_size:
+            return None
+        if (Hp, Wp) == tuple(self.input_resolution):
+            return self.attn_mask
+        return make_shift_mask((Hp, Wp), self.window_size, self.shift_size, device)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, H, W, C = x.shape
+        y = pad_to_windows(x, self.window_size)  # B, Hp, Wp, C
+        Hp, Wp = y.shape[1:3]
+        if self.shift_size:
+            y = torch.roll(y, shifts=(-self.shift_size, -self.shift_size), dims=(1, 2))
+        windows = self.attn(window_partition(y, self.window_size), self._shift_mask(Hp, Wp, x.device))
+        y = window_reverse(windows, self.window_size, Hp, Wp)  # B, Hp, Wp, C
+        if self.shift_size:
+            y = torch.roll(y, shifts=(self.shift_size, self.shift_size), dims=(1, 2))
+        x = x + self.drop_path(self.norm1(y[:, :H, :W, :]))
+        return x + self.drop_path(self.norm2(self.mlp(x)))
+
+    def flops(self) -> int:
+        H, W = self.input_resolution
+        num_windows = H * W / self.window_size / self.window_size
+        return int(2 * self.dim * H * W + num_windows * self.attn.flops(self.window_size**2)
+                   + 2 * H * W * self.dim * self.dim * self.mlp_ratio)
+
+
+class PatchMerging(nn.Module):
+    """2x2 neighbours concatenated, projected 4C -> 2C, then normalised (V2 order)."""
+
+    def __init__(self, input_resolution: tuple[int, int], dim: int) -> None:
+        super().__init__()
+        self.input_resolution = input_resolution
+        self.dim = dim
+        self.reduction = nn.Linear(4 * dim, 2 * dim, bias=False)
+        self.norm = nn.LayerNorm(2 * dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, H, W, C = x.shape
+        x = F.pad(x, (0, 0, 0, W % 2, 0, H % 2))  # B, H', W', C with even H', W'
+        H, W = x.shape[1:3]
+        x = x.reshape(B, H // 2, 2, W // 2, 2, C)  # B, H/2, dh, W/2, dw, C
+        x = x.permute(0, 1, 3, 4, 2, 5).reshape(B, H // 2, W // 2, 4 * C)  # B, H/2, W/2, 4C (reference order)
+        return self.norm(self.reduction(x))  # B, H/2, W/2, 2C
+
+    def flops(self) -> int:
+        H, W = self.input_resolution
+        return (H // 2) * (W // 2) * 4 * self.dim * 2 * self.dim + H * W * self.dim // 2
+
+
+class BasicLayer(nn.Module):
+    """One stage of V2 blocks, then an optional PatchMerging."""
+
+    def __init__(self, dim: int, input_resolution: tuple[int, int], depth: int, num_heads: int, window_size: int,
+                 drop_path: tuple[float, ...], downsample: bool, attn_options: dict) -> None:
+        super().__init__()
+        self.dim = dim
+        self.input_resolution = input_resolution
+        self.use_checkpoint = False
+        mlp_ratio = attn_options.pop("mlp_ratio")
+        self.blocks = nn.ModuleList(
+            SwinTransformerBlock(dim, input_resolution, num_heads, window_size,
+                                 0 if i % 2 == 0 else window_size // 2, mlp_ratio, drop_path[i], dict(attn_options))
+            for i in range(depth)
+        )
+        self.downsample = PatchMerging(input_resolution, dim) if downsample else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = forward_blocks(self.blocks, x, self.use_checkpoint)
+        return self.downsample(x) if self.downsample is not None else x
+
+    def flops(self) -> int:
+        total = sum(block.flops() for block in self.blocks)
+        return total + (self.downsample.flops() if self.downsample is not None else 0)
+
+    def init_respostnorm(self) -> None:
+        """Zero the post-norm gains, so every block starts as the identity."""
+        for block in self.blocks:
+            for norm in (block.norm1, block.norm2):
+                nn.init.constant_(norm.bias, 0)
+                nn.init.constant_(norm.weight, 0)
+
+
+class SwinTransformerV2(nn.Module):
+    """The Swin V2 classifier: patch embedding, stages of V2 blocks, norm, average pool, linear head."""
+
+    def __init__(
+        self,
+        img_size: int = 256,
+        patch_size: int = 4,
+        in_chans: int = 3,
+        num_classes: int = 1000,
+        embed_dim: int = 96,
+        depths: tuple[int, ...] = (2, 2, 6, 2),
+        num_heads: tuple[int, ...] = (3, 6, 12, 24),
+        window_size: int = 8,
+        mlp_ratio: float = 4.0,
+        qkv_bias: bool = True,
+        drop_rate: float = 0.0,
+        drop_path_rate: float = 0.1,
+        ape: bool = False,
+        patch_norm: bool = True,
+        use_checkpoint: bool = False,
+        pretrained_window_sizes: tuple[int, ...] = (0, 0, 0, 0),
+        attn_impl: str = "auto",
+    ) -> None:
+        super().__init__()
+        self.num_classes = num_classes
+        self.num_layers = len(depths)
+        self.ape = ape
+        self.num_features = int(embed_dim * 2 ** (self.num_layers - 1))
+        self.patch_embed = PatchEmbed(img_size, patch_size, in_chans, embed_dim, patch_norm)
+        resolution = self.patch_embed.patches_resolution
+        self.patches_resolution = resolution
+        if ape:
+            self.absolute_pos_embed = nn.Parameter(torch.zeros(1, self.patch_embed.num_patches, embed_dim))
+            trunc_normal_(self.absolute_pos_embed, std=0.02)
+        self.pos_drop = nn.Dropout(p=drop_rate)
+        rates = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
+        self.layers = nn.ModuleList(
+            BasicLayer(
+                dim=embed_dim * 2**i, input_resolution=(resolution[0] // 2**i, resolution[1] // 2**i), depth=depth,
+                num_heads=num_heads[i], window_size=window_size,
+                drop_path=tuple(rates[sum(depths[:i]) : sum(depths[: i + 1])]), downsample=i < self.num_layers - 1,
+                attn_options=dict(qkv_bias=qkv_bias, proj_drop=drop_rate, attn_impl=attn_impl, mlp_ratio=mlp_ratio,
+                                  pretrained_window_size=pretrained_window_sizes[i]),
+            )
+            for i, depth in enumerate(depths)
+        )
+        self.norm = nn.LayerNorm(self.num_features)
+        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+        self.apply(init_weights)
+        for layer in self.layers:
+            layer.init_respostnorm()
+        self.set_grad_checkpointing(use_checkpoint)
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        for layer in self.layers:
+            layer.use_checkpoint = enable
+
+    @torch.jit.ignore
+    def no_weight_decay(self) -> set[str]:
+        return {"absolute_pos_embed"}
+
+    @torch.jit.ignore
+    def no_weight_decay_keywords(self) -> set[str]:
+        return {"cpb_mlp", "logit_scale", "relative_position_bias_table"}
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.patch_embed(x)  # B, H/p, W/p, C
+        if self.ape:
+            B, H, W, C = x.shape
+            x = x + self.absolute_pos_embed.view(1, H, W, C)
+        x = self.pos_drop(x)
+        for layer in self.layers:
+            x = layer(x)
+        return self.norm(x).mean(dim=(1, 2))  # B, num_features
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.forward_features(x))
+
+    def flops(self) -> int:
+        total = self.patch_embed.flops() + sum(layer.flops() for layer in self.layers)
+        Ho, Wo = self.patches_resolution
+        total += self.num_features * Ho * Wo // (2**self.num_layers)
+        return total + self.num_features * self.num_classes
