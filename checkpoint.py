@@ -59,9 +59,15 @@ def training_state(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler
     }
 
 
-def save_training_state(payload: dict, output_dir: str, epoch: int, is_best: bool) -> str:
-    """Write `ckpt_epoch_{epoch}.pth` (and `best.pth` when it is the best so far), atomically."""
-    path = os.path.join(output_dir, f"ckpt_epoch_{epoch}.pth")
+def save_training_state(payload: dict, output_dir: str, is_best: bool = False) -> str:
+    """Write the checkpoint for `payload["resume_at"]` (and `best.pth` when it is the best so far), atomically.
+
+    An epoch's end is `ckpt_epoch_{epoch}.pth`; a point inside epoch E after B batches is
+    `ckpt_epoch_{E}_step_{B}.pth`.
+    """
+    epoch, batches = payload["resume_at"]
+    name = f"ckpt_epoch_{epoch}_step_{batches}.pth" if batches else f"ckpt_epoch_{epoch - 1}.pth"
+    path = os.path.join(output_dir, name)
     save_checkpoint(payload, path)
     if is_best:
         save_checkpoint(payload, os.path.join(output_dir, "best.pth"))
@@ -72,7 +78,8 @@ def resume_training_state(path: str, model: nn.Module, optimizer: Optional[torch
                           scheduler: Optional[object], scaler: Optional[torch.amp.GradScaler]) -> dict:
     """Restore weights and, for a training checkpoint, optimizer, schedule, scaler and RNG states.
 
-    Returns the checkpoint's progress entries (epoch, max_accuracy, ...).
+    Returns the checkpoint's progress entries (epoch, max_accuracy, ...) and `resume_at`, the
+    (epoch, batches done) to continue from; a reference checkpoint continues after its epoch.
     """
     payload = load_checkpoint_file(path)
     load_weights(model, model_state_from(payload, path), path,
@@ -83,4 +90,6 @@ def resume_training_state(path: str, model: nn.Module, optimizer: Optional[torch
         scaler.load_state_dict(payload["scaler"])
         if "rng" in payload:
             set_rng_state(payload["rng"])
-    return {k: payload[k] for k in ("epoch", "max_accuracy", "class_names") if k in payload}
+    progress = {k: payload[k] for k in ("epoch", "max_accuracy", "class_names") if k in payload}
+    progress["resume_at"] = tuple(payload.get("resume_at", (payload.get("epoch", -1) + 1, 0)))
+    return progress

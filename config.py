@@ -159,6 +159,10 @@ _C.TRAIN.ACCUMULATION_STEPS = 1
 _C.TRAIN.USE_CHECKPOINT = False
 # Consecutive non-finite losses tolerated (steps skipped) before training stops.
 _C.TRAIN.MAX_NONFINITE = 10
+# Also save a mid-epoch checkpoint every this many optimizer steps; 0 saves at epoch ends only.
+_C.TRAIN.SAVE_STEPS = 0
+# Keep only the newest this many training checkpoints (best.pth and the resumed one stay); 0 keeps all.
+_C.TRAIN.KEEP_CHECKPOINTS = 0
 
 _C.TRAIN.LR_SCHEDULER = CN()
 # Schedule: cosine, linear, step or multistep.
@@ -229,6 +233,8 @@ _C.AMP_OPT_LEVEL = ""
 _C.AMP_DTYPE = "fp16"
 # Device: auto (CUDA when available), cpu or cuda.
 _C.DEVICE = "auto"
+# Run the model through torch.compile (training, evaluation and throughput).
+_C.COMPILE = False
 # Output root; runs go to <OUTPUT>/<MODEL.NAME>/<TAG>.
 _C.OUTPUT = "output"
 # Run tag; the last part of the output folder.
@@ -458,6 +464,7 @@ _SWITCH_KEYS = (
     ("zip", "DATA.ZIP_MODE", True),
     ("use_checkpoint", "TRAIN.USE_CHECKPOINT", True),
     ("disable_amp", "AMP_ENABLE", False),
+    ("compile", "COMPILE", True),
     ("eval", "EVAL_MODE", True),
     ("throughput", "THROUGHPUT_MODE", True),
 )

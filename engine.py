@@ -3,7 +3,7 @@
 import contextlib
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Iterable, Optional
 
 import torch
@@ -34,7 +34,10 @@ class TrainContext:
     accumulation_steps: int = 1
     print_freq: int = 10
     max_nonfinite: int = 10
+    step_hook: Optional[Callable[[int, int], None]] = None
     nonfinite_run: int = 0
+    skipped_steps: int = 0
+    meters: dict = field(default_factory=dict)
 
 
 def _grad_norm(parameters: list[torch.Tensor], clip: float) -> torch.Tensor:
@@ -77,49 +80,61 @@ def _log_progress(ctx: TrainContext, epoch: int, step: int, total: int, meters: 
     )
 
 
-def train_one_epoch(ctx: TrainContext, loader: Iterable, epoch: int) -> dict:
-    """One pass over `loader`; the optimizer steps every `accumulation_steps` batches.
+def _train_batch(ctx: TrainContext, batch: tuple, index: int, epoch: int, total: int) -> tuple[float, int, bool]:
+    """Forward and backward one batch; step the optimizer at the end of each accumulation window.
 
-    Returns the epoch's mean loss, mean grad norm, last lr, the number of skipped
-    (non-finite) steps and the images per second.
+    Returns the loss, the batch size and whether the optimizer stepped.
+    """
+    images, targets = batch[0].to(ctx.rt.device, non_blocking=True), batch[1].to(ctx.rt.device, non_blocking=True)
+    if ctx.mixup_fn is not None:
+        if len(images) % 2:  # mixup pairs images; a batch that lost an undecodable image drops one more
+            images, targets = images[:-1], targets[:-1]
+        images, targets = ctx.mixup_fn(images, targets)
+    is_step = (index + 1) % ctx.accumulation_steps == 0
+    sync = is_step or not hasattr(ctx.model, "no_sync")
+    with (contextlib.nullcontext() if sync else ctx.model.no_sync()), ctx.rt.autocast():
+        loss = ctx.criterion(ctx.model(images), targets)
+    ctx.scaler.scale(loss / ctx.accumulation_steps).backward()
+    if is_step:
+        finite = _is_finite_everywhere(loss.detach(), ctx.rt)
+        norm, scale = _optimizer_step(ctx, finite)
+        ctx.skipped_steps += _track_nonfinite(ctx, finite, epoch, index)
+        ctx.scheduler.step_update((epoch * total + index) // ctx.accumulation_steps)
+        ctx.meters["grad_norm"].update(norm)
+        ctx.meters["loss_scale"].update(scale)
+    return loss.item(), images.shape[0], is_step
+
+
+def train_one_epoch(ctx: TrainContext, loader: Iterable, epoch: int, start_batch: int = 0) -> dict:
+    """One pass over `loader`, which yields the epoch's batches from `start_batch` on (a resumed epoch).
+
+    After every optimizer step `ctx.step_hook(epoch, batches_done)` runs (mid-epoch checkpoints,
+    preemption). Returns the mean loss, mean grad norm, last lr, skipped (non-finite) steps and images/s.
     """
     ctx.model.train()
-    meters = {k: AverageMeter() for k in ("loss", "grad_norm", "loss_scale", "img_s")}
-    total = len(loader)
-    skipped, images_seen, started = 0, 0, time.time()
+    ctx.meters = {k: AverageMeter() for k in ("loss", "grad_norm", "loss_scale", "img_s")}
+    ctx.skipped_steps = 0
+    total = start_batch + len(loader)
+    images_seen, started = 0, time.time()
     ctx.optimizer.zero_grad(set_to_none=True)
-    for index, batch in enumerate(loader):
+    for index, batch in enumerate(loader, start=start_batch):
         if batch is None:
             continue
         tick = time.time()
-        images, targets = batch[0].to(ctx.rt.device, non_blocking=True), batch[1].to(ctx.rt.device, non_blocking=True)
-        if ctx.mixup_fn is not None:
-            if len(images) % 2:  # mixup pairs images; a batch that lost an undecodable image drops one more
-                images, targets = images[:-1], targets[:-1]
-            images, targets = ctx.mixup_fn(images, targets)
-        is_step = (index + 1) % ctx.accumulation_steps == 0
-        sync = is_step or not hasattr(ctx.model, "no_sync")
-        with (contextlib.nullcontext() if sync else ctx.model.no_sync()), ctx.rt.autocast():
-            loss = ctx.criterion(ctx.model(images), targets)
-        ctx.scaler.scale(loss / ctx.accumulation_steps).backward()
-        if is_step:
-            finite = _is_finite_everywhere(loss.detach(), ctx.rt)
-            norm, scale = _optimizer_step(ctx, finite)
-            skipped += _track_nonfinite(ctx, finite, epoch, index)
-            ctx.scheduler.step_update((epoch * total + index) // ctx.accumulation_steps)
-            meters["grad_norm"].update(norm)
-            meters["loss_scale"].update(scale)
+        loss, size, stepped = _train_batch(ctx, batch, index, epoch, total)
         ctx.rt.synchronize()
-        images_seen += images.shape[0]
-        meters["loss"].update(loss.item(), images.shape[0])
-        meters["img_s"].update(images.shape[0] / max(time.time() - tick, 1e-9))
+        images_seen += size
+        ctx.meters["loss"].update(loss, size)
+        ctx.meters["img_s"].update(size / max(time.time() - tick, 1e-9))
         if index % ctx.print_freq == 0 or index == total - 1:
-            _log_progress(ctx, epoch, index, total, meters, started)
+            _log_progress(ctx, epoch, index, total, ctx.meters, started)
+        if stepped and ctx.step_hook is not None:
+            ctx.step_hook(epoch, index + 1)
     return {
-        "train_loss": meters["loss"].avg,
-        "grad_norm": meters["grad_norm"].avg,
+        "train_loss": ctx.meters["loss"].avg,
+        "grad_norm": ctx.meters["grad_norm"].avg,
         "lr": ctx.optimizer.param_groups[0]["lr"],
-        "skipped_steps": float(skipped),
+        "skipped_steps": float(ctx.skipped_steps),
         "train_img_s": images_seen / max(time.time() - started, 1e-9),
     }
 

@@ -8,26 +8,16 @@
 
 import argparse
 import difflib
-import os
 import sys
-import time
 from typing import NoReturn, Optional
 
-import torch
-from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
-from torch import nn
 from yacs.config import CfgNode
 
-import engine
-from checkpoint import load_pretrained, resume_training_state, save_training_state, training_state
 from config import get_config
-from data import LoaderBundle, build_loader
-from logger import MetricsWriter, create_logger
-from lr_scheduler import build_scheduler, scale_lrs
-from models import build_model
-from optimizer import build_optimizer
-from runtime import Runtime, init_runtime, shutdown_runtime, wrap_model
-from utils import UserError, find_resume_checkpoint, seed_everything
+from logger import create_logger
+from runtime import init_runtime, shutdown_runtime
+from trainer import Interrupted, run_eval, run_throughput, run_training
+from utils import UserError, seed_everything
 
 
 class StrictParser(argparse.ArgumentParser):
@@ -65,130 +55,9 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     parser.add_argument("--num-classes", type=int, help="class count (checked against the data)")
     parser.add_argument("--amp-dtype", choices=("fp16", "bf16"), help="mixed-precision dtype")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), help="device (default: CUDA when available)")
+    parser.add_argument("--compile", action="store_true", help="run the model through torch.compile")
     parser.add_argument("--local_rank", "--local-rank", type=int, default=None, help="set by the launcher")
     return parser.parse_args(argv)
-
-
-def build_criterion(config: CfgNode, has_mixup: bool) -> nn.Module:
-    if has_mixup:
-        return SoftTargetCrossEntropy()
-    if config.MODEL.LABEL_SMOOTHING > 0:
-        return LabelSmoothingCrossEntropy(smoothing=config.MODEL.LABEL_SMOOTHING)
-    return nn.CrossEntropyLoss()
-
-
-def _with(config: CfgNode, **values: object) -> CfgNode:
-    """A frozen copy of `config` with MODEL/TRAIN keys given as GROUP__KEY=value."""
-    config = config.clone()
-    config.defrost()
-    for name, value in values.items():
-        group, key = name.split("__")
-        config[group][key] = value
-    config.freeze()
-    return config
-
-
-def _build_model(config: CfgNode, rt: Runtime, logger: object) -> tuple[nn.Module, nn.Module]:
-    model = build_model(config)
-    params = sum(p.numel() for p in model.parameters())
-    flops = model.flops() if hasattr(model, "flops") else 0
-    logger.info(f"model {config.MODEL.NAME}: {params:,} parameters, {flops / 1e9:.3g} GMACs at {config.DATA.IMG_SIZE}px")
-    return wrap_model(model, rt)
-
-
-def run_throughput(config: CfgNode, rt: Runtime, logger: object) -> dict:
-    """Inference images/s on one batch: from the validation set when a dataset is given, else synthetic."""
-    model, bare = _build_model(config, rt, logger)
-    if config.DATA.DATA_PATH or config.DATA.DATASET in ("digits", "fake"):
-        images = next(iter(build_loader(config, rt, logger).loader_val))[0]
-    else:
-        images = torch.randn(config.DATA.BATCH_SIZE, 3, config.DATA.IMG_SIZE, config.DATA.IMG_SIZE)
-    result = engine.throughput(bare, images, rt)
-    logger.info(f"throughput: {rt.describe()}, torch {torch.__version__}, batch {int(result['batch_size'])}, "
-                f"{result['img_s']:.1f} img/s, {result['ms_per_batch']:.1f} ms/batch, "
-                f"peak memory {result['peak_memory_mb']:.0f} MB")
-    return result
-
-
-def run_eval(config: CfgNode, rt: Runtime, logger: object) -> dict:
-    if not (config.MODEL.RESUME or config.MODEL.PRETRAINED):
-        raise UserError("--eval needs weights: pass --resume CKPT or --pretrained CKPT")
-    data = build_loader(config, rt, logger)
-    config = _with(config, MODEL__NUM_CLASSES=data.num_classes)
-    model, bare = _build_model(config, rt, logger)
-    if config.MODEL.RESUME:
-        resume_training_state(config.MODEL.RESUME, bare, None, None, None)
-    else:
-        load_pretrained(bare, config.MODEL.PRETRAINED, logger)
-    result = engine.validate(model, data.loader_val, rt)
-    logger.info(f"eval on {int(result['count'])} images: top-1 {result['top1']:.3f}% top-5 {result['top5']:.3f}% "
-                f"loss {result['loss']:.4f}")
-    return result
-
-
-def _restore(config: CfgNode, bare: nn.Module, ctx: engine.TrainContext, logger: object) -> tuple[int, float]:
-    """Resume (explicit, else automatic from the output folder) or start from pretrained weights."""
-    path = config.MODEL.RESUME
-    if not path and config.TRAIN.AUTO_RESUME:
-        path = find_resume_checkpoint(config.OUTPUT, logger)
-        if path:
-            logger.info(f"auto-resume from {path}")
-    if path:
-        progress = resume_training_state(path, bare, ctx.optimizer, ctx.scheduler, ctx.scaler)
-        logger.info(f"resumed from {path} after epoch {progress.get('epoch', -1)}")
-        return progress.get("epoch", -1) + 1, progress.get("max_accuracy", 0.0)
-    if config.MODEL.PRETRAINED:
-        load_pretrained(bare, config.MODEL.PRETRAINED, logger)
-    return config.TRAIN.START_EPOCH, 0.0
-
-
-def _make_context(config: CfgNode, rt: Runtime, data: LoaderBundle, model: nn.Module, bare: nn.Module,
-                  logger: object) -> engine.TrainContext:
-    steps_per_epoch = len(data.loader_train) // config.TRAIN.ACCUMULATION_STEPS
-    lrs = scale_lrs(config, rt.world_size)
-    logger.info(f"lr scaled to the global batch {config.DATA.BATCH_SIZE * rt.world_size} x "
-                f"{config.TRAIN.ACCUMULATION_STEPS} accumulation: base {lrs.base:.3e}, warm-up {lrs.warmup:.3e}, "
-                f"min {lrs.min:.3e}")
-    optimizer = build_optimizer(config, bare, lrs.base, fused=rt.device.type == "cuda")
-    return engine.TrainContext(
-        model=model, criterion=build_criterion(config, data.mixup_fn is not None), optimizer=optimizer,
-        scheduler=build_scheduler(config, optimizer, steps_per_epoch, lrs), scaler=rt.make_scaler(), rt=rt,
-        logger=logger, mixup_fn=data.mixup_fn, clip_grad=config.TRAIN.CLIP_GRAD,
-        accumulation_steps=config.TRAIN.ACCUMULATION_STEPS, print_freq=config.PRINT_FREQ,
-        max_nonfinite=config.TRAIN.MAX_NONFINITE,
-    )
-
-
-def run_training(config: CfgNode, rt: Runtime, logger: object) -> dict:
-    data = build_loader(config, rt, logger)
-    config = _with(config, MODEL__NUM_CLASSES=data.num_classes)
-    model, bare = _build_model(config, rt, logger)
-    ctx = _make_context(config, rt, data, model, bare, logger)
-    start_epoch, max_accuracy = _restore(config, bare, ctx, logger)
-    metrics = MetricsWriter(config.OUTPUT, rt.is_main)
-    result: dict = {"max_accuracy": max_accuracy}
-    started = time.time()
-    for epoch in range(start_epoch, config.TRAIN.EPOCHS):
-        data.loader_train.sampler.set_epoch(epoch)
-        train_stats = engine.train_one_epoch(ctx, data.loader_train, epoch)
-        val_stats = engine.validate(model, data.loader_val, rt)
-        max_accuracy = max(max_accuracy, val_stats["top1"])
-        logger.info(f"epoch {epoch}: val top-1 {val_stats['top1']:.2f}% top-5 {val_stats['top5']:.2f}% "
-                    f"loss {val_stats['loss']:.4f} (best top-1 {max_accuracy:.2f}%)")
-        is_last = epoch == config.TRAIN.EPOCHS - 1
-        if rt.is_main and (epoch % config.SAVE_FREQ == 0 or is_last):
-            progress = {"epoch": epoch, "max_accuracy": max_accuracy, "class_names": data.class_names}
-            path = save_training_state(training_state(bare, ctx.optimizer, ctx.scheduler, ctx.scaler, progress,
-                                                      config), config.OUTPUT, epoch,
-                                       is_best=val_stats["top1"] >= max_accuracy)
-            logger.info(f"saved {path}")
-        result = {"epoch": epoch, **train_stats, **{f"val_{k}": v for k, v in val_stats.items()},
-                  "max_accuracy": max_accuracy}
-        metrics.epoch(result)
-        rt.barrier()
-    metrics.close()
-    logger.info(f"training took {time.time() - started:.0f}s; best val top-1 {max_accuracy:.2f}%")
-    return result
 
 
 def run(config: CfgNode) -> dict:
@@ -196,9 +65,6 @@ def run(config: CfgNode) -> dict:
     rt = init_runtime(config)
     try:
         logger = create_logger(config.OUTPUT, rt.rank)
-        if rt.is_main:
-            with open(os.path.join(config.OUTPUT, "config.yaml"), "w", encoding="utf-8") as f:
-                f.write(config.dump())
         logger.info(f"{rt.describe()}; output {config.OUTPUT}")
         seed_everything(config.SEED + rt.rank)
         if config.THROUGHPUT_MODE:
@@ -215,12 +81,20 @@ def main(argv: Optional[list[str]] = None) -> int:
     try:
         run(get_config(args))
     except UserError as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {one_line(err)}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("error: interrupted", file=sys.stderr)
-        return 130
+    except Interrupted as stop:
+        print(f"interrupted: {stop}", file=sys.stderr)
+        return 128 + stop.signum
     return 0
+
+
+def one_line(err: Exception) -> str:
+    """The message of a user error, also when a DataLoader worker wrapped it in its traceback text."""
+    lines = str(err).strip().splitlines()
+    if len(lines) > 1 and "Traceback" in str(err):
+        return lines[-1].split(": ", 1)[-1]
+    return " ".join(lines)
 
 
 if __name__ == "__main__":

@@ -109,14 +109,16 @@ def shutdown_runtime(rt: Runtime) -> None:
         dist.destroy_process_group()
 
 
-def wrap_model(model: nn.Module, rt: Runtime) -> tuple[nn.Module, nn.Module]:
-    """Move the model to the device and wrap it in DDP when there are several processes.
+def wrap_model(model: nn.Module, rt: Runtime, compile_model: bool = False) -> tuple[nn.Module, nn.Module]:
+    """Move the model to the device, wrap it in DDP when there are several processes, optionally compile it.
 
     Returns:
         (model to call, the bare model for state dicts and flops)
     """
-    model = model.to(rt.device)
-    if not rt.is_distributed:
-        return model, model
-    device_ids = [rt.device.index] if rt.device.type == "cuda" else None
-    return nn.parallel.DistributedDataParallel(model, device_ids=device_ids), model
+    bare = model.to(rt.device)
+    model = bare
+    if rt.is_distributed:
+        device_ids = [rt.device.index] if rt.device.type == "cuda" else None
+        # The buffers (index tables, shift masks) are constants: broadcasting them every forward is wasted work.
+        model = nn.parallel.DistributedDataParallel(bare, device_ids=device_ids, broadcast_buffers=False)
+    return (torch.compile(model) if compile_model else model), bare

@@ -11,7 +11,7 @@ import pickle
 import random
 import re
 import zipfile
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 import torch
@@ -33,19 +33,30 @@ class CheckpointError(UserError):
     """A checkpoint file that is missing, unreadable or does not fit the model."""
 
 
-def save_checkpoint(payload: dict, path: str) -> None:
-    """Write `payload` to `path` through a temporary file and os.replace.
-
-    A crash while writing leaves the previous file (or none), never a truncated one that
-    auto-resume would pick.
-    """
+def _write_atomically(path: str, write: Callable[[str], None]) -> None:
+    """Run `write(tmp_path)`, then move the file over `path`: a crash leaves the old file or none, never half a file."""
     tmp_path = f"{path}.tmp.{os.getpid()}"
     try:
-        torch.save(payload, tmp_path)
+        write(tmp_path)
         os.replace(tmp_path, path)
     finally:
         if os.path.exists(tmp_path):
             os.remove(tmp_path)
+
+
+def save_checkpoint(payload: dict, path: str) -> None:
+    """Write `payload` to `path` atomically, so auto-resume never picks a truncated checkpoint."""
+    _write_atomically(path, lambda tmp: torch.save(payload, tmp))
+
+
+def save_text(text: str, path: str) -> None:
+    """Write `text` to `path` atomically."""
+
+    def write(tmp: str) -> None:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+
+    _write_atomically(path, write)
 
 
 def load_checkpoint_file(path: str) -> dict:
@@ -81,14 +92,26 @@ def model_state_from(payload: dict, path: str) -> dict:
     return state
 
 
-def _epoch_of(path: str) -> int:
-    match = re.search(r"ckpt_epoch_(\d+)\.pth$", path)
-    return int(match.group(1)) if match else -1
+def training_position(path: str) -> tuple[int, int]:
+    """Where a checkpoint leaves training, as (epoch to run, batches of it done), from its file name.
+
+    `ckpt_epoch_E.pth` ends epoch E; `ckpt_epoch_E_step_B.pth` was written after B batches of epoch E.
+    """
+    match = re.search(r"ckpt_epoch_(\d+)(?:_step_(\d+))?\.pth$", path)
+    if not match:
+        return (-1, -1)
+    epoch, batches = int(match.group(1)), match.group(2)
+    return (epoch, int(batches)) if batches is not None else (epoch + 1, 0)
+
+
+def training_checkpoints(output_dir: str) -> list[str]:
+    """The training checkpoints in `output_dir`, newest position first."""
+    return sorted(glob.glob(os.path.join(output_dir, "ckpt_epoch_*.pth")), key=training_position, reverse=True)
 
 
 def find_resume_checkpoint(output_dir: str, logger: logging.Logger) -> Optional[str]:
-    """The newest readable `ckpt_epoch_N.pth` in `output_dir`, or None; unreadable ones are skipped with a warning."""
-    candidates = sorted(glob.glob(os.path.join(output_dir, "ckpt_epoch_*.pth")), key=_epoch_of, reverse=True)
+    """The newest readable training checkpoint in `output_dir`, or None; unreadable ones are skipped with a warning."""
+    candidates = training_checkpoints(output_dir)
     for path in candidates:
         try:
             payload = load_checkpoint_file(path)
@@ -99,6 +122,17 @@ def find_resume_checkpoint(output_dir: str, logger: logging.Logger) -> Optional[
             return path
         logger.warning(f"auto-resume skips {path}: it is not a training checkpoint")
     return None
+
+
+def prune_checkpoints(output_dir: str, keep: int, protected: tuple[str, ...], logger: logging.Logger) -> None:
+    """Delete all but the `keep` newest training checkpoints (0 keeps all), never one in `protected`."""
+    if keep <= 0:
+        return
+    protected_real = {os.path.realpath(p) for p in protected if p}
+    for path in training_checkpoints(output_dir)[keep:]:
+        if os.path.realpath(path) not in protected_real:
+            os.remove(path)
+            logger.info(f"removed old checkpoint {path}")
 
 
 def rng_state() -> dict:

@@ -5,13 +5,14 @@ import os
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
+import torch
 from timm.data import Mixup
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from torch.utils.data.dataloader import default_collate
 from yacs.config import CfgNode
 
 from data.datasets import DigitsDataset, FakeDataset, ImageFolderDataset, ZipMapDataset
-from data.samplers import ExactShardSampler, ShardRandomSampler
+from data.samplers import ExactShardSampler, ResumableSampler, ShardRandomSampler
 from data.transforms import build_transform
 from runtime import Runtime
 from utils import DataError
@@ -118,15 +119,19 @@ def build_loader(config: CfgNode, rt: Runtime, logger: Optional[logging.Logger] 
         sampler = ShardRandomSampler(len(train), rt.rank, rt.world_size, config.SEED)
     else:
         sampler = DistributedSampler(train, rt.world_size, rt.rank, shuffle=True, seed=config.SEED)
+    sampler = ResumableSampler(sampler)
     if len(train) // rt.world_size < config.DATA.BATCH_SIZE:
         raise DataError(f"the training set has {len(train)} images, fewer than one batch of "
                         f"{config.DATA.BATCH_SIZE} per process; lower --batch-size")
     skip = config.DATA.DECODE_ERRORS == "skip"
     common = dict(num_workers=config.DATA.NUM_WORKERS, pin_memory=config.DATA.PIN_MEMORY and rt.device.type == "cuda",
                   persistent_workers=config.DATA.NUM_WORKERS > 0)
+    # A generator of its own keeps loader start-up from drawing on the global RNG, so a run resumed
+    # inside an epoch continues the same random stream as an uninterrupted one.
     loader_train = DataLoader(SkipUndecodable(train, logger) if skip else train, batch_size=config.DATA.BATCH_SIZE,
                               sampler=sampler, drop_last=True,
-                              collate_fn=collate_skipping_none if skip else default_collate, **common)
+                              collate_fn=collate_skipping_none if skip else default_collate,
+                              generator=torch.Generator().manual_seed(config.SEED + rt.rank), **common)
     loader_val = DataLoader(val, batch_size=config.DATA.BATCH_SIZE,
                             sampler=ExactShardSampler(len(val), rt.rank, rt.world_size), drop_last=False, **common)
     return LoaderBundle(train, val, loader_train, loader_val, build_mixup(config, num_classes), num_classes,

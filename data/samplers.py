@@ -1,5 +1,6 @@
 """Samplers that shard data across ranks."""
 
+import itertools
 from typing import Iterator
 
 import torch
@@ -44,3 +45,28 @@ class ShardRandomSampler(Sampler[int]):
 
     def __len__(self) -> int:
         return len(self.indices)
+
+
+class ResumableSampler(Sampler[int]):
+    """Wraps a training sampler so that one pass can start part-way, for resuming inside an epoch.
+
+    `skip_next(n)` drops the first n indices of the next pass only; the order is the wrapped
+    sampler's, so the remaining batches are exactly those the interrupted run had left.
+    """
+
+    def __init__(self, sampler: Sampler[int]) -> None:
+        self.sampler = sampler
+        self.skip = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.sampler.set_epoch(epoch)
+
+    def skip_next(self, count: int) -> None:
+        self.skip = count
+
+    def __iter__(self) -> Iterator[int]:
+        skip, self.skip = self.skip, 0
+        return itertools.islice(iter(self.sampler), skip, None)
+
+    def __len__(self) -> int:
+        return max(len(self.sampler) - self.skip, 0)

@@ -62,7 +62,8 @@ def test_multistep(step):
 
 
 def test_linear_scaling_by_global_batch_and_accumulation():
-    cfg = load_config(TINY_CFG, ["DATA.BATCH_SIZE", "128", "TRAIN.ACCUMULATION_STEPS", "2"])
+    cfg = load_config(TINY_CFG, ["DATA.BATCH_SIZE", "128", "TRAIN.ACCUMULATION_STEPS", "2", "TRAIN.BASE_LR", "5e-4",
+                                 "TRAIN.WARMUP_LR", "5e-7", "TRAIN.MIN_LR", "5e-6"])
     lrs = scale_lrs(cfg, world_size=4)
     assert lrs.base == pytest.approx(5e-4 * 128 * 4 / 512 * 2)
     assert lrs.warmup == pytest.approx(5e-7 * 2) and lrs.min == pytest.approx(5e-6 * 2)

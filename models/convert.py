@@ -1,0 +1,72 @@
+"""State-dict converters between the reference layout (this project's) and timm's and torchvision's.
+
+Reference checkpoints downsample at the end of a stage (`layers.i.downsample`), timm at the
+start of the next (`layers.{i+1}.downsample`) and names its classifier `head.fc`; torchvision
+numbers patch embedding, stages and mergings as `features.0`, `features.1`, `features.2`, ...
+Derived buffers (index tables, shift masks) are dropped: every model recomputes its own.
+"""
+
+import re
+
+import torch
+
+from models.pretrained import DERIVED_BUFFERS
+
+StateDict = dict[str, torch.Tensor]
+
+
+def _without_derived(state: StateDict) -> StateDict:
+    return {k: v for k, v in state.items() if not k.endswith(DERIVED_BUFFERS)}
+
+
+def to_timm(state: StateDict) -> StateDict:
+    """Reference (V1 or V2) names to timm's `swin_*` / `swinv2_*` names."""
+    out = {}
+    for key, value in _without_derived(state).items():
+        key = re.sub(r"^layers\.(\d+)\.downsample", lambda m: f"layers.{int(m.group(1)) + 1}.downsample", key)
+        out[re.sub(r"^head\.", "head.fc.", key)] = value
+    return out
+
+
+def from_timm(state: StateDict) -> StateDict:
+    """timm's `swin_*` / `swinv2_*` names back to the reference names."""
+    out = {}
+    for key, value in _without_derived(state).items():
+        key = re.sub(r"^layers\.(\d+)\.downsample", lambda m: f"layers.{int(m.group(1)) - 1}.downsample", key)
+        out[re.sub(r"^head\.fc\.", "head.", key)] = value
+    return out
+
+
+_TV_PATCH = (("patch_embed.proj.", "features.0.0."), ("patch_embed.norm.", "features.0.2."))
+_TV_MLP = ((".mlp.fc1.", ".mlp.0."), (".mlp.fc2.", ".mlp.3."))
+
+
+def to_torchvision(state: StateDict) -> StateDict:
+    """Reference V1 names to torchvision's `swin_t/s/b` names."""
+    out = {}
+    for key, value in state.items():
+        if key.endswith("attn_mask"):
+            continue
+        if key.endswith("relative_position_index"):
+            value = value.reshape(-1)  # torchvision keeps the index flat
+        for ours, theirs in _TV_PATCH + _TV_MLP:
+            key = key.replace(ours, theirs)
+        key = re.sub(r"^layers\.(\d+)\.blocks\.", lambda m: f"features.{2 * int(m.group(1)) + 1}.", key)
+        out[re.sub(r"^layers\.(\d+)\.downsample\.", lambda m: f"features.{2 * int(m.group(1)) + 2}.", key)] = value
+    return out
+
+
+def from_torchvision(state: StateDict) -> StateDict:
+    """torchvision's `swin_t/s/b` names back to the reference V1 names."""
+    out = {}
+    for key, value in _without_derived(state).items():
+        for ours, theirs in _TV_PATCH + _TV_MLP:
+            key = key.replace(theirs, ours)
+
+        def stage(match: re.Match) -> str:
+            index = int(match.group(1))
+            return f"layers.{(index - 1) // 2}.blocks.{match.group(2)}." if index % 2 else \
+                f"layers.{(index - 2) // 2}.downsample.{match.group(2)}."
+
+        out[re.sub(r"^features\.(\d+)\.(\w+)\.", stage, key)] = value
+    return out

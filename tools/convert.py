@@ -1,0 +1,49 @@
+"""Convert Swin weights between this project's (the reference) layout and timm's or torchvision's.
+
+    python -m tools.convert --to timm ckpt.pth swin_tiny_timm.pth
+    python -m tools.convert --from torchvision swin_t-704ceda3.pth swin_tiny_reference.pth
+
+Input: a checkpoint (`{'model': ...}` or a bare state dict). Output: `{'model': state_dict}` in
+the reference layout, or a bare state dict in timm's / torchvision's.
+"""
+
+import argparse
+import os
+import sys
+from typing import Optional
+
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from models.convert import from_timm, from_torchvision, to_timm, to_torchvision  # noqa: E402
+from utils import UserError, load_checkpoint_file, model_state_from, save_checkpoint  # noqa: E402
+
+_TO = {"timm": to_timm, "torchvision": to_torchvision}
+_FROM = {"timm": from_timm, "torchvision": from_torchvision}
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    parser = argparse.ArgumentParser("python -m tools.convert", description=__doc__.splitlines()[0])
+    direction = parser.add_mutually_exclusive_group(required=True)
+    direction.add_argument("--to", choices=sorted(_TO), help="from the reference layout to this one")
+    direction.add_argument("--from", dest="source", choices=sorted(_FROM), help="from this layout to the reference")
+    parser.add_argument("input")
+    parser.add_argument("output")
+    args = parser.parse_args(argv)
+    try:
+        state = model_state_from(load_checkpoint_file(args.input), args.input)
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    if args.to:
+        save_checkpoint(_TO[args.to](state), args.output)
+    else:
+        save_checkpoint({"model": _FROM[args.source](state)}, args.output)
+    print(f"wrote {args.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,71 @@
+"""Plot a run's training curves (loss, learning rate, top-1/top-5 per epoch) from its metrics.jsonl to a PNG.
+
+    python -m tools.plot_metrics output/swin_cifar10/default [--output curves.png]
+"""
+
+import argparse
+import json
+import os
+import sys
+from typing import Optional
+
+
+def read_metrics(run_dir: str) -> list[dict]:
+    """The per-epoch records of a run; for an epoch logged twice (a resumed run), the later one."""
+    path = os.path.join(run_dir, "metrics.jsonl") if os.path.isdir(run_dir) else run_dir
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path} does not exist; point at a run folder that holds metrics.jsonl")
+    by_epoch = {}
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            if line.strip():
+                record = json.loads(line)
+                by_epoch[record["epoch"]] = record
+    return [by_epoch[e] for e in sorted(by_epoch)]
+
+
+def plot(records: list[dict], output: str, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [r["epoch"] for r in records]
+    fig, (ax_loss, ax_acc, ax_lr) = plt.subplots(1, 3, figsize=(14, 4))
+    ax_loss.plot(epochs, [r["train_loss"] for r in records], "o-", label="train")
+    ax_loss.plot(epochs, [r["val_loss"] for r in records], "s-", label="val")
+    ax_loss.set(title="loss", xlabel="epoch")
+    ax_loss.legend()
+    ax_acc.plot(epochs, [r["val_top1"] for r in records], "o-", label="top-1")
+    ax_acc.plot(epochs, [r["val_top5"] for r in records], "s-", label="top-5")
+    ax_acc.set(title="validation accuracy (%)", xlabel="epoch", ylim=(0, 100))
+    ax_acc.legend()
+    ax_lr.plot(epochs, [r["lr"] for r in records], "o-")
+    ax_lr.set(title="learning rate at epoch end", xlabel="epoch")
+    for ax in (ax_loss, ax_acc, ax_lr):
+        ax.grid(alpha=0.3)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(output, dpi=100)
+    plt.close(fig)
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    parser = argparse.ArgumentParser("python -m tools.plot_metrics", description=__doc__.splitlines()[0])
+    parser.add_argument("run", help="a run folder (or its metrics.jsonl)")
+    parser.add_argument("--output", help="PNG path (default: <run>/curves.png)")
+    args = parser.parse_args(argv)
+    try:
+        records = read_metrics(args.run)
+    except FileNotFoundError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    run_dir = args.run if os.path.isdir(args.run) else os.path.dirname(args.run)
+    output = args.output or os.path.join(run_dir, "curves.png")
+    plot(records, output, os.path.relpath(run_dir))
+    print(f"wrote {output} ({len(records)} epochs)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
