@@ -8,7 +8,11 @@ from models.swin_transformer import SwinTransformer
 from models.swin_transformer_v2 import SwinTransformerV2
 from utils import ConfigError
 
-_FAMILIES = {"swin": ("SWIN", SwinTransformer), "swinv2": ("SWINV2", SwinTransformerV2), "swin_mlp": ("SWIN_MLP", SwinMLP)}
+_FAMILIES = {
+    "swin": ("SWIN", SwinTransformer),
+    "swinv2": ("SWINV2", SwinTransformerV2),
+    "swin_mlp": ("SWIN_MLP", SwinMLP),
+}
 
 
 def build_model(config: CfgNode) -> nn.Module:

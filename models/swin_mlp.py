@@ -7,10 +7,11 @@ no mask is needed. Names and shapes follow the reference, so its checkpoints loa
 
 import torch
 import torch.nn.functional as F
-from timm.layers import DropPath, trunc_normal_
+from timm.layers import DropPath
 from torch import nn
 
-from models.swin_transformer import Mlp, PatchEmbed, PatchMerging, forward_blocks
+from models.hierarchy import BasicLayer, Mlp, SwinClassifier, fit_window, init_weights
+from models.swin_transformer import PatchMerging
 from models.window_ops import pad_to_windows, window_partition, window_reverse
 
 
@@ -24,8 +25,7 @@ class SwinMLPBlock(nn.Module):
         self.input_resolution = input_resolution
         self.num_heads = num_heads
         self.mlp_ratio = mlp_ratio
-        if min(input_resolution) <= window_size:
-            shift_size, window_size = 0, min(input_resolution)
+        window_size, shift_size = fit_window(input_resolution, window_size, shift_size)
         self.window_size = window_size
         self.shift_size = shift_size
         self.norm1 = nn.LayerNorm(dim)
@@ -64,32 +64,7 @@ class SwinMLPBlock(nn.Module):
         return int(2 * self.dim * H * W + spatial + 2 * H * W * self.dim * self.dim * self.mlp_ratio)
 
 
-class BasicLayer(nn.Module):
-    """One stage of Swin-MLP blocks, then an optional PatchMerging."""
-
-    def __init__(self, dim: int, input_resolution: tuple[int, int], depth: int, num_heads: int, window_size: int,
-                 mlp_ratio: float, drop: float, drop_path: tuple[float, ...], downsample: bool) -> None:
-        super().__init__()
-        self.dim = dim
-        self.input_resolution = input_resolution
-        self.use_checkpoint = False
-        self.blocks = nn.ModuleList(
-            SwinMLPBlock(dim, input_resolution, num_heads, window_size, 0 if i % 2 == 0 else window_size // 2,
-                         mlp_ratio, drop, drop_path[i])
-            for i in range(depth)
-        )
-        self.downsample = PatchMerging(input_resolution, dim) if downsample else None
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = forward_blocks(self.blocks, x, self.use_checkpoint)
-        return self.downsample(x) if self.downsample is not None else x
-
-    def flops(self) -> int:
-        total = sum(block.flops() for block in self.blocks)
-        return total + (self.downsample.flops() if self.downsample is not None else 0)
-
-
-class SwinMLP(nn.Module):
+class SwinMLP(SwinClassifier):
     """The Swin-MLP classifier."""
 
     def __init__(
@@ -109,65 +84,14 @@ class SwinMLP(nn.Module):
         patch_norm: bool = True,
         use_checkpoint: bool = False,
     ) -> None:
-        super().__init__()
-        self.num_classes = num_classes
-        self.num_layers = len(depths)
-        self.ape = ape
-        self.num_features = int(embed_dim * 2 ** (self.num_layers - 1))
-        self.patch_embed = PatchEmbed(img_size, patch_size, in_chans, embed_dim, patch_norm)
-        resolution = self.patch_embed.patches_resolution
-        self.patches_resolution = resolution
-        if ape:
-            self.absolute_pos_embed = nn.Parameter(torch.zeros(1, self.patch_embed.num_patches, embed_dim))
-            trunc_normal_(self.absolute_pos_embed, std=0.02)
-        self.pos_drop = nn.Dropout(p=drop_rate)
-        rates = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
-        self.layers = nn.ModuleList(
-            BasicLayer(embed_dim * 2**i, (resolution[0] // 2**i, resolution[1] // 2**i), depth, num_heads[i],
-                       window_size, mlp_ratio, drop_rate, tuple(rates[sum(depths[:i]) : sum(depths[: i + 1])]),
-                       downsample=i < self.num_layers - 1)
-            for i, depth in enumerate(depths)
-        )
-        self.norm = nn.LayerNorm(self.num_features)
-        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
-        self.apply(_init_weights)
-        for layer in self.layers:
-            layer.use_checkpoint = use_checkpoint
+        def build_stage(i: int, dim: int, resolution: tuple[int, int], rates: tuple[float, ...],
+                        merge: bool) -> BasicLayer:
+            blocks = [SwinMLPBlock(dim, resolution, num_heads[i], window_size, 0 if j % 2 == 0 else window_size // 2,
+                                   mlp_ratio, drop_rate, rate)
+                      for j, rate in enumerate(rates)]
+            return BasicLayer(dim, resolution, blocks, PatchMerging(resolution, dim) if merge else None)
 
-    @torch.jit.ignore
-    def no_weight_decay(self) -> set[str]:
-        return {"absolute_pos_embed"}
-
-    @torch.jit.ignore
-    def no_weight_decay_keywords(self) -> set[str]:
-        return {"relative_position_bias_table"}
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.patch_embed(x)  # B, H/p, W/p, C
-        if self.ape:
-            B, H, W, C = x.shape
-            x = x + self.absolute_pos_embed.view(1, H, W, C)
-        x = self.pos_drop(x)
-        for layer in self.layers:
-            x = layer(x)
-        return self.norm(x).mean(dim=(1, 2))  # B, num_features
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.forward_features(x))
-
-    def flops(self) -> int:
-        total = self.patch_embed.flops() + sum(layer.flops() for layer in self.layers)
-        Ho, Wo = self.patches_resolution
-        total += self.num_features * Ho * Wo // (2**self.num_layers)
-        return total + self.num_features * self.num_classes
-
-
-def _init_weights(module: nn.Module) -> None:
-    """The reference initialisation: truncated normal for linear and 1x1 conv weights, unit LayerNorms."""
-    if isinstance(module, (nn.Linear, nn.Conv1d)):
-        trunc_normal_(module.weight, std=0.02)
-        if module.bias is not None:
-            nn.init.constant_(module.bias, 0)
-    elif isinstance(module, nn.LayerNorm):
-        nn.init.constant_(module.bias, 0)
-        nn.init.constant_(module.weight, 1.0)
+        super().__init__(img_size, patch_size, in_chans, num_classes, embed_dim, depths, drop_rate, drop_path_rate,
+                         ape, patch_norm, build_stage)
+        self.apply(init_weights)
+        self.set_grad_checkpointing(use_checkpoint)

@@ -10,15 +10,16 @@ from typing import Optional
 
 import torch
 import torch.nn.functional as F
-from timm.layers import DropPath, trunc_normal_
+from timm.layers import DropPath
 from torch import nn
 
-from models.swin_transformer import Mlp, PatchEmbed, forward_blocks, init_weights
+from models.hierarchy import BasicLayer, Mlp, SwinClassifier, concat_2x2, fit_window, init_weights
 from models.window_ops import (
     combine_masks,
     make_shift_mask,
     pad_to_windows,
     relative_position_index,
+    shift_mask_for,
     window_attention,
     window_partition,
     window_reverse,
@@ -114,8 +115,7 @@ class SwinTransformerBlock(nn.Module):
         self.dim = dim
         self.input_resolution = input_resolution
         self.mlp_ratio = mlp_ratio
-        if min(input_resolution) <= window_size:
-            shift_size, window_size = 0, min(input_resolution)
+        window_size, shift_size = fit_window(input_resolution, window_size, shift_size)
         self.window_size = window_size
         self.shift_size = shift_size
         pretrained = attn_options.pop("pretrained_window_size", 0)
@@ -128,20 +128,13 @@ class SwinTransformerBlock(nn.Module):
         attn_mask = make_shift_mask(input_resolution, window_size, shift_size) if shift_size else None
         self.register_buffer("attn_mask", attn_mask)
 
-    def _shift_mask(self, Hp: int, Wp: int, device: torch.device) -> Optional[torch.Tensor]:
-        if not self.shift_size:
-            return None
-        if (Hp, Wp) == tuple(self.input_resolution):
-            return self.attn_mask
-        return make_shift_mask((Hp, Wp), self.window_size, self.shift_size, device)
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, H, W, C = x.shape
         y = pad_to_windows(x, self.window_size)  # B, Hp, Wp, C
         Hp, Wp = y.shape[1:3]
         if self.shift_size:
             y = torch.roll(y, shifts=(-self.shift_size, -self.shift_size), dims=(1, 2))
-        windows = self.attn(window_partition(y, self.window_size), self._shift_mask(Hp, Wp, x.device))
+        windows = self.attn(window_partition(y, self.window_size), shift_mask_for(self, Hp, Wp, x.device))
         y = window_reverse(windows, self.window_size, Hp, Wp)  # B, Hp, Wp, C
         if self.shift_size:
             y = torch.roll(y, shifts=(self.shift_size, self.shift_size), dims=(1, 2))
@@ -166,52 +159,22 @@ class PatchMerging(nn.Module):
         self.norm = nn.LayerNorm(2 * dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        B, H, W, C = x.shape
-        x = F.pad(x, (0, 0, 0, W % 2, 0, H % 2))  # B, H', W', C with even H', W'
-        H, W = x.shape[1:3]
-        x = x.reshape(B, H // 2, 2, W // 2, 2, C)  # B, H/2, dh, W/2, dw, C
-        x = x.permute(0, 1, 3, 4, 2, 5).reshape(B, H // 2, W // 2, 4 * C)  # B, H/2, W/2, 4C (reference order)
-        return self.norm(self.reduction(x))  # B, H/2, W/2, 2C
+        return self.norm(self.reduction(concat_2x2(x)))  # B, H/2, W/2, 2C
 
     def flops(self) -> int:
         H, W = self.input_resolution
         return (H // 2) * (W // 2) * 4 * self.dim * 2 * self.dim + H * W * self.dim // 2
 
 
-class BasicLayer(nn.Module):
-    """One stage of V2 blocks, then an optional PatchMerging."""
-
-    def __init__(self, dim: int, input_resolution: tuple[int, int], depth: int, num_heads: int, window_size: int,
-                 drop_path: tuple[float, ...], downsample: bool, attn_options: dict) -> None:
-        super().__init__()
-        self.dim = dim
-        self.input_resolution = input_resolution
-        self.use_checkpoint = False
-        mlp_ratio = attn_options.pop("mlp_ratio")
-        self.blocks = nn.ModuleList(
-            SwinTransformerBlock(dim, input_resolution, num_heads, window_size,
-                                 0 if i % 2 == 0 else window_size // 2, mlp_ratio, drop_path[i], dict(attn_options))
-            for i in range(depth)
-        )
-        self.downsample = PatchMerging(input_resolution, dim) if downsample else None
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = forward_blocks(self.blocks, x, self.use_checkpoint)
-        return self.downsample(x) if self.downsample is not None else x
-
-    def flops(self) -> int:
-        total = sum(block.flops() for block in self.blocks)
-        return total + (self.downsample.flops() if self.downsample is not None else 0)
-
-    def init_respostnorm(self) -> None:
-        """Zero the post-norm gains, so every block starts as the identity."""
-        for block in self.blocks:
-            for norm in (block.norm1, block.norm2):
-                nn.init.constant_(norm.bias, 0)
-                nn.init.constant_(norm.weight, 0)
+def init_respostnorm(layer: BasicLayer) -> None:
+    """Zero the post-norm gains of a stage's blocks, so every block starts as the identity."""
+    for block in layer.blocks:
+        for norm in (block.norm1, block.norm2):
+            nn.init.constant_(norm.bias, 0)
+            nn.init.constant_(norm.weight, 0)
 
 
-class SwinTransformerV2(nn.Module):
+class SwinTransformerV2(SwinClassifier):
     """The Swin V2 classifier: patch embedding, stages of V2 blocks, norm, average pool, linear head."""
 
     def __init__(
@@ -234,63 +197,22 @@ class SwinTransformerV2(nn.Module):
         pretrained_window_sizes: tuple[int, ...] = (0, 0, 0, 0),
         attn_impl: str = "auto",
     ) -> None:
-        super().__init__()
-        self.num_classes = num_classes
-        self.num_layers = len(depths)
-        self.ape = ape
-        self.num_features = int(embed_dim * 2 ** (self.num_layers - 1))
-        self.patch_embed = PatchEmbed(img_size, patch_size, in_chans, embed_dim, patch_norm)
-        resolution = self.patch_embed.patches_resolution
-        self.patches_resolution = resolution
-        if ape:
-            self.absolute_pos_embed = nn.Parameter(torch.zeros(1, self.patch_embed.num_patches, embed_dim))
-            trunc_normal_(self.absolute_pos_embed, std=0.02)
-        self.pos_drop = nn.Dropout(p=drop_rate)
-        rates = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
-        self.layers = nn.ModuleList(
-            BasicLayer(
-                dim=embed_dim * 2**i, input_resolution=(resolution[0] // 2**i, resolution[1] // 2**i), depth=depth,
-                num_heads=num_heads[i], window_size=window_size,
-                drop_path=tuple(rates[sum(depths[:i]) : sum(depths[: i + 1])]), downsample=i < self.num_layers - 1,
-                attn_options=dict(qkv_bias=qkv_bias, proj_drop=drop_rate, attn_impl=attn_impl, mlp_ratio=mlp_ratio,
-                                  pretrained_window_size=pretrained_window_sizes[i]),
-            )
-            for i, depth in enumerate(depths)
-        )
-        self.norm = nn.LayerNorm(self.num_features)
-        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+        def build_stage(i: int, dim: int, resolution: tuple[int, int], rates: tuple[float, ...],
+                        merge: bool) -> BasicLayer:
+            options = dict(qkv_bias=qkv_bias, proj_drop=drop_rate, attn_impl=attn_impl,
+                           pretrained_window_size=pretrained_window_sizes[i])
+            blocks = [SwinTransformerBlock(dim, resolution, num_heads[i], window_size,
+                                           0 if j % 2 == 0 else window_size // 2, mlp_ratio, rate, dict(options))
+                      for j, rate in enumerate(rates)]
+            return BasicLayer(dim, resolution, blocks, PatchMerging(resolution, dim) if merge else None)
+
+        super().__init__(img_size, patch_size, in_chans, num_classes, embed_dim, depths, drop_rate, drop_path_rate,
+                         ape, patch_norm, build_stage)
         self.apply(init_weights)
         for layer in self.layers:
-            layer.init_respostnorm()
+            init_respostnorm(layer)
         self.set_grad_checkpointing(use_checkpoint)
-
-    def set_grad_checkpointing(self, enable: bool = True) -> None:
-        for layer in self.layers:
-            layer.use_checkpoint = enable
-
-    @torch.jit.ignore
-    def no_weight_decay(self) -> set[str]:
-        return {"absolute_pos_embed"}
 
     @torch.jit.ignore
     def no_weight_decay_keywords(self) -> set[str]:
         return {"cpb_mlp", "logit_scale", "relative_position_bias_table"}
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.patch_embed(x)  # B, H/p, W/p, C
-        if self.ape:
-            B, H, W, C = x.shape
-            x = x + self.absolute_pos_embed.view(1, H, W, C)
-        x = self.pos_drop(x)
-        for layer in self.layers:
-            x = layer(x)
-        return self.norm(x).mean(dim=(1, 2))  # B, num_features
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.forward_features(x))
-
-    def flops(self) -> int:
-        total = self.patch_embed.flops() + sum(layer.flops() for layer in self.layers)
-        Ho, Wo = self.patches_resolution
-        total += self.num_features * Ho * Wo // (2**self.num_layers)
-        return total + self.num_features * self.num_classes

@@ -54,6 +54,15 @@ def make_shift_mask(
     return torch.zeros(differs.shape, device=device).masked_fill(differs, -100.0)
 
 
+def shift_mask_for(block: torch.nn.Module, Hp: int, Wp: int, device: torch.device) -> Optional[torch.Tensor]:
+    """A shifted block's mask for a padded Hp x Wp map: its stored one at the configured size, else a new one."""
+    if not block.shift_size:
+        return None
+    if (Hp, Wp) == tuple(block.input_resolution):
+        return block.attn_mask
+    return make_shift_mask((Hp, Wp), block.window_size, block.shift_size, device)
+
+
 def combine_masks(bias: torch.Tensor, shift_mask: Optional[torch.Tensor]) -> torch.Tensor:
     """The one additive mask of a block: the position bias (nH, N, N), plus the shift mask (nW, N, N) if any."""
     if shift_mask is None:

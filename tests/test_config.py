@@ -3,9 +3,9 @@ import glob
 import os
 
 import pytest
+from conftest import ROOT, TINY_CFG, assert_user_error, run_main
 
 from config import get_config, load_config
-from conftest import ROOT, TINY_CFG, assert_user_error, run_main
 from utils import ConfigError
 
 CONFIG_FILES = sorted(glob.glob(os.path.join(ROOT, "configs", "**", "*.yaml"), recursive=True))

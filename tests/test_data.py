@@ -4,11 +4,11 @@ import zipfile
 
 import pytest
 import torch
+from conftest import DATASETS, TINY_CFG, requires_dataset
 from PIL import Image
 from timm.data import auto_augment
 
 from config import load_config
-from conftest import DATASETS, TINY_CFG, requires_dataset
 from data import build_loader
 from data.datasets import DigitsDataset, ImageFolderDataset, ZipMapDataset
 from data.make_map import map_lines
@@ -110,7 +110,8 @@ def test_imagenet_samples_with_grayscale_images():
 
 
 def _posterize_op(transform):
-    return next(op for step in transform.transforms for op in getattr(step, "ops", ()) if op.name == "PosterizeIncreasing")
+    ops = [op for step in transform.transforms for op in getattr(step, "ops", ())]
+    return next(op for op in ops if op.name == "PosterizeIncreasing")
 
 
 def test_timm_posterize_at_zero_bits_fails_on_this_pillow_and_is_fixed_here():

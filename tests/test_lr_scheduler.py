@@ -2,9 +2,9 @@ import math
 
 import pytest
 import torch
+from conftest import TINY_CFG
 
 from config import load_config
-from conftest import TINY_CFG
 from lr_scheduler import build_scheduler, scale_lrs
 
 STEPS_PER_EPOCH = 10

@@ -5,14 +5,15 @@ import pytest
 import timm
 import torch
 import torch.nn.functional as F
+from conftest import ROOT, SHARED, TINY_CFG
 from timm.models.swin_transformer import SwinTransformer as TimmSwin
 from timm.models.swin_transformer import checkpoint_filter_fn
 
 from checkpoint import load_pretrained
 from config import load_config
-from conftest import ROOT, SHARED, TINY_CFG
 from models import build_model
 from models.pretrained import imagenet22k_to_1k_rows, resize_bias_table
+from models.window_ops import shift_mask_for
 from utils import CheckpointError
 
 LOGGER = logging.getLogger("test")
@@ -142,8 +143,9 @@ def test_configured_size_uses_the_stored_mask():
     model = tiny().eval()
     block = model.layers[0].blocks[1]
     assert block.shift_size == 2
-    assert block._shift_mask(8, 8, torch.device("cpu")) is block.attn_mask
-    torch.testing.assert_close(block._shift_mask(12, 12, torch.device("cpu")).shape, torch.Size([9, 16, 16]))
+    assert shift_mask_for(block, 8, 8, torch.device("cpu")) is block.attn_mask
+    assert shift_mask_for(block, 12, 12, torch.device("cpu")).shape == (9, 16, 16)
+    assert shift_mask_for(model.layers[0].blocks[0], 8, 8, torch.device("cpu")) is None
 
 
 def test_gradient_checkpointing_gives_the_same_gradients():

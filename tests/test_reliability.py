@@ -12,11 +12,11 @@ import zipfile
 
 import pytest
 import torch
+from conftest import ROOT, TINY_CFG, assert_user_error, run_main
 from PIL import Image
 from timm.scheduler import StepLRScheduler
 
 import engine
-from conftest import ROOT, TINY_CFG, assert_user_error, run_main
 from runtime import Runtime
 
 DIGITS = ("--opts", "DATA.DATASET", "digits", "TRAIN.EPOCHS", "2", "PRINT_FREQ", "20")
@@ -75,7 +75,8 @@ def test_sigkill_while_saving_resumes_from_the_previous_good_checkpoint(tmp_path
     files = os.listdir(run_dir(tmp_path))
     assert "ckpt_epoch_0.pth" in files and "ckpt_epoch_1.pth" not in files
     # A checkpoint truncated by something else (a copy cut short) must be skipped too.
-    shutil.copy(os.path.join(run_dir(tmp_path), "ckpt_epoch_0.pth"), os.path.join(run_dir(tmp_path), "ckpt_epoch_5.pth"))
+    folder = run_dir(tmp_path)
+    shutil.copy(os.path.join(folder, "ckpt_epoch_0.pth"), os.path.join(folder, "ckpt_epoch_5.pth"))
     with open(os.path.join(run_dir(tmp_path), "ckpt_epoch_5.pth"), "r+b") as f:
         f.truncate(1000)
     result = run_main("--cfg", TINY_CFG, "--output", str(tmp_path), *DIGITS)
@@ -179,7 +180,8 @@ def test_bad_input_is_one_line_and_damages_nothing(case, straight, tmp_path):
     (tmp_path / "notes.txt").write_text("not a checkpoint\n")
     with open(os.path.join(run_dir(previous_run), "ckpt_epoch_1.pth"), "rb") as f:
         (tmp_path / "cut.pth").write_bytes(f.read()[:5000])
-    names = {"empty": str(tmp_path / "empty"), "text": str(tmp_path / "notes.txt"), "truncated": str(tmp_path / "cut.pth")}
+    names = {"empty": str(tmp_path / "empty"), "text": str(tmp_path / "notes.txt"),
+             "truncated": str(tmp_path / "cut.pth")}
     flags, fragments = BAD_INPUTS[case]
     flags = [flag.format(**names) for flag in flags]
     before = digest(run_dir(previous_run))
@@ -192,7 +194,8 @@ def test_corrupt_image_during_training_names_the_file(tmp_path):
     root = _image_folder(tmp_path / "data", corrupt=True)
     for workers in ("0", "1"):
         result = run_main("--cfg", TINY_CFG, "--output", str(tmp_path / "out"), "--data-path", root, "--batch-size",
-                          "4", "--opts", "DATA.DATASET", "'imagenet'", "MODEL.NUM_CLASSES", "2", "DATA.NUM_WORKERS", workers)
+                          "4", "--opts", "DATA.DATASET", "'imagenet'", "MODEL.NUM_CLASSES", "2", "DATA.NUM_WORKERS",
+                          workers)
         assert_user_error(result, "3.png cannot be decoded")
 
 

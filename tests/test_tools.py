@@ -6,11 +6,11 @@ import pytest
 import timm
 import torch
 import torchvision
+from conftest import DATASETS, ROOT, TINY_CFG, requires_dataset, run_main
 from PIL import Image
 from timm.data import ImageNetInfo
 
 from config import load_config
-from conftest import DATASETS, ROOT, TINY_CFG, requires_dataset, run_main
 from models import build_model
 from models.convert import from_timm, from_torchvision, to_timm, to_torchvision
 from tools import convert, export, plot_metrics, predict, summary

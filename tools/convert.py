@@ -12,8 +12,6 @@ import os
 import sys
 from typing import Optional
 
-import torch
-
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 

@@ -1,6 +1,6 @@
 """Top-k classes for images, folders or globs, with class names; a table on the console, JSON or CSV on request.
 
-    python -m tools.predict --cfg configs/swin_tiny.yaml --resume ckpt.pth photos/ cat.jpg 'more/*.png' --output preds.json
+    python -m tools.predict --cfg configs/swin_tiny.yaml --resume ckpt.pth photos/ 'more/*.png' --output preds.json
 
 Names come from the checkpoint (runs trained here store their class names), else from
 timm's ImageNet-1k list for a 1000-class model, else the class numbers. Images go through
@@ -104,7 +104,8 @@ def write_results(results: list, names: list[str], output: Optional[str]) -> Non
             writer = csv.writer(f)
             writer.writerow(["path", "rank", "index", "name", "prob"])
             for row in rows:
-                writer.writerows([row["path"], k + 1, t["index"], t["name"], t["prob"]] for k, t in enumerate(row["top"]))
+                writer.writerows([row["path"], rank, t["index"], t["name"], t["prob"]]
+                                 for rank, t in enumerate(row["top"], 1))
     else:
         with open(output, "w", encoding="utf-8") as f:
             json.dump(rows, f, indent=1)
