@@ -75,8 +75,9 @@ def save_training_state(payload: dict, output_dir: str, is_best: bool = False) -
 
 
 def resume_training_state(path: str, model: nn.Module, optimizer: Optional[torch.optim.Optimizer],
-                          scheduler: Optional[object], scaler: Optional[torch.amp.GradScaler]) -> dict:
-    """Restore weights and, for a training checkpoint, optimizer, schedule, scaler and RNG states.
+                          scheduler: Optional[object], scaler: Optional[torch.amp.GradScaler],
+                          ema_model: Optional[nn.Module] = None) -> dict:
+    """Restore weights and, for a training checkpoint, optimizer, schedule, scaler, RNG and EMA states.
 
     Returns the checkpoint's progress entries (epoch, max_accuracy, ...) and `resume_at`, the
     (epoch, batches done) to continue from; a reference checkpoint continues after its epoch.
@@ -90,6 +91,9 @@ def resume_training_state(path: str, model: nn.Module, optimizer: Optional[torch
         scaler.load_state_dict(payload["scaler"])
         if "rng" in payload:
             set_rng_state(payload["rng"])
+    if ema_model is not None:
+        load_weights(ema_model, payload.get("model_ema", model_state_from(payload, path)), path,
+                     "its EMA weights are from another model")
     progress = {k: payload[k] for k in ("epoch", "max_accuracy", "class_names") if k in payload}
     progress["resume_at"] = tuple(payload.get("resume_at", (payload.get("epoch", -1) + 1, 0)))
     return progress

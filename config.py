@@ -161,6 +161,8 @@ _C.TRAIN.USE_CHECKPOINT = False
 _C.TRAIN.MAX_NONFINITE = 10
 # Also save a mid-epoch checkpoint every this many optimizer steps; 0 saves at epoch ends only.
 _C.TRAIN.SAVE_STEPS = 0
+# Decay of an exponential moving average of the weights, evaluated beside them; 0 disables it.
+_C.TRAIN.EMA_DECAY = 0.0
 # Keep only the newest this many training checkpoints (best.pth and the resumed one stay); 0 keeps all.
 _C.TRAIN.KEEP_CHECKPOINTS = 0
 

@@ -1,6 +1,7 @@
 """Training, evaluation and throughput loops over explicit objects; each returns a dict of floats."""
 
 import contextlib
+import copy
 import logging
 import time
 from dataclasses import dataclass, field
@@ -16,6 +17,24 @@ from utils import AverageMeter, UserError
 
 class DivergedError(UserError):
     """The loss stayed non-finite for too many steps in a row."""
+
+
+class ModelEma:
+    """Exponential moving average of a model's floating-point weights, kept as a model to evaluate.
+
+    Integer buffers (relative_position_index) are left as they are: averaging an index is meaningless.
+    """
+
+    def __init__(self, model: nn.Module, decay: float) -> None:
+        self.source = model
+        self.decay = decay
+        self.module = copy.deepcopy(model).eval().requires_grad_(False)
+
+    @torch.no_grad()
+    def update(self) -> None:
+        pairs = [(ema, new) for ema, new in zip(self.module.state_dict().values(), self.source.state_dict().values())
+                 if ema.dtype.is_floating_point]
+        torch._foreach_lerp_([ema for ema, _ in pairs], [new for _, new in pairs], 1.0 - self.decay)
 
 
 @dataclass
@@ -35,6 +54,7 @@ class TrainContext:
     print_freq: int = 10
     max_nonfinite: int = 10
     step_hook: Optional[Callable[[int, int], None]] = None
+    ema: Optional[ModelEma] = None
     nonfinite_run: int = 0
     skipped_steps: int = 0
     meters: dict = field(default_factory=dict)
@@ -99,6 +119,8 @@ def _train_batch(ctx: TrainContext, batch: tuple, index: int, epoch: int, total:
         finite = _is_finite_everywhere(loss.detach(), ctx.rt)
         norm, scale = _optimizer_step(ctx, finite)
         ctx.skipped_steps += _track_nonfinite(ctx, finite, epoch, index)
+        if finite and ctx.ema is not None:
+            ctx.ema.update()
         ctx.scheduler.step_update((epoch * total + index) // ctx.accumulation_steps)
         ctx.meters["grad_norm"].update(norm)
         ctx.meters["loss_scale"].update(scale)

@@ -139,6 +139,8 @@ class Training:
         self.config = _with_num_classes(config, self.data.num_classes)
         self.model, self.bare = _build_model(self.config, rt, logger)
         self.ctx = _make_context(self.config, rt, self.data, self.model, self.bare, logger)
+        if self.config.TRAIN.EMA_DECAY > 0:
+            self.ctx.ema = engine.ModelEma(self.bare, self.config.TRAIN.EMA_DECAY)
         self.max_accuracy = 0.0
         self.resumed_from = ""
         self.stop = StopFlag()
@@ -154,7 +156,8 @@ class Training:
             if path:
                 self.logger.info(f"auto-resume from {path}")
         if path:
-            progress = resume_training_state(path, self.bare, self.ctx.optimizer, self.ctx.scheduler, self.ctx.scaler)
+            progress = resume_training_state(path, self.bare, self.ctx.optimizer, self.ctx.scheduler, self.ctx.scaler,
+                                             self.ctx.ema.module if self.ctx.ema else None)
             self.max_accuracy = progress.get("max_accuracy", 0.0)
             self.resumed_from = path
             epoch, batches = progress["resume_at"]
@@ -172,6 +175,8 @@ class Training:
                         "class_names": self.data.class_names}
             state = training_state(self.bare, self.ctx.optimizer, self.ctx.scheduler, self.ctx.scaler, progress,
                                    self.config)
+            if self.ctx.ema is not None:
+                state["model_ema"] = self.ctx.ema.module.state_dict()
             path = save_training_state(state, self.config.OUTPUT, is_best)
             self.logger.info(f"saved {path}")
             prune_checkpoints(self.config.OUTPUT, self.config.TRAIN.KEEP_CHECKPOINTS, (path, self.resumed_from),
@@ -215,6 +220,10 @@ class Training:
         self.max_accuracy = max(self.max_accuracy, val_stats["top1"])
         self.logger.info(f"epoch {epoch}: val top-1 {val_stats['top1']:.2f}% top-5 {val_stats['top5']:.2f}% "
                          f"loss {val_stats['loss']:.4f} (best top-1 {self.max_accuracy:.2f}%)")
+        if self.ctx.ema is not None:
+            ema_stats = engine.validate(self.ctx.ema.module, self.data.loader_val, self.rt)
+            self.logger.info(f"epoch {epoch}: EMA val top-1 {ema_stats['top1']:.2f}% loss {ema_stats['loss']:.4f}")
+            val_stats.update(ema_top1=ema_stats["top1"], ema_loss=ema_stats["loss"])
         if epoch % self.config.SAVE_FREQ == 0 or epoch == self.config.TRAIN.EPOCHS - 1:
             self.save(epoch + 1, 0, is_best)
         return {"epoch": epoch, **train_stats, **{f"val_{k}": v for k, v in val_stats.items()},

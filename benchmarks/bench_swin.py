@@ -1,11 +1,13 @@
-"""Swin-T images/s of this project's model beside timm's and torchvision's, in one process, interleaved.
+"""Swin-T (or SwinV2-T) images/s of this project's model beside timm's and torchvision's, in one process.
 
-    python benchmarks/bench_swin.py [--rounds 5] [--device cpu] [--modes infer_fp32,infer_bf16,train_fp32]
+    python benchmarks/bench_swin.py [--family v1|v2] [--rounds 5] [--device cpu] [--modes infer_fp32,...]
 
-Rows: inference at batch 16 in fp32 and bf16 (autocast), and a training step at batch 8
-(forward, backward, AdamW). Each round times every model once per mode, so drifts in machine
-speed hit all models alike; the figure is the median over rounds. Prints img/s and the
-ratios ours/timm and ours/torchvision.
+v1: Swin-T at 224 against timm's swin_tiny_patch4_window7_224 (with and without its fused
+attention) and torchvision's swin_t. v2: SwinV2-T window 8 at 256 against timm's
+swinv2_tiny_window8_256 and torchvision's swin_v2_t. Rows: inference at batch 16 in fp32 and
+bf16 (autocast), and a training step at batch 8 (forward, backward, AdamW). Each round times
+every model once per mode, interleaved, so drifts in machine speed hit all models alike; the
+figure is the median over rounds. Prints img/s and the ratios ours/timm and ours/torchvision.
 """
 
 import argparse
@@ -28,15 +30,20 @@ from models import build_model  # noqa: E402
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def build_models() -> dict[str, torch.nn.Module]:
+def build_models(family: str) -> tuple[dict[str, torch.nn.Module], int]:
+    """The models to compare and their input size."""
     torch.manual_seed(0)
+    if family == "v2":
+        config = load_config(os.path.join(ROOT, "configs", "swinv2", "swinv2_tiny_patch4_window8_256.yaml"))
+        return {"ours": build_model(config), "timm": timm.create_model("swinv2_tiny_window8_256"),
+                "torchvision": torchvision.models.swin_v2_t()}, 256
     models = {"ours": build_model(load_config(os.path.join(ROOT, "configs", "swin_tiny.yaml")))}
     timm.layers.set_fused_attn(False)
     models["timm"] = timm.create_model("swin_tiny_patch4_window7_224")
     timm.layers.set_fused_attn(True, experimental=True)
     models["timm_fused"] = timm.create_model("swin_tiny_patch4_window7_224")
     models["torchvision"] = torchvision.models.swin_t()
-    return models
+    return models, 224
 
 
 def inference_step(model: torch.nn.Module, images: torch.Tensor, dtype: torch.dtype | None) -> Callable[[], None]:
@@ -75,10 +82,11 @@ def time_step(step: Callable[[], None], iterations: int, device: torch.device) -
     return (time.perf_counter() - started) / iterations
 
 
-def run_mode(mode: str, models: dict, device: torch.device, rounds: int, iterations: int) -> dict[str, float]:
+def run_mode(mode: str, models: dict, size: int, device: torch.device, rounds: int,
+             iterations: int) -> dict[str, float]:
     batch = 8 if mode.startswith("train") else 16
     generator = torch.Generator().manual_seed(0)
-    images = torch.randn(batch, 3, 224, 224, generator=generator).to(device)
+    images = torch.randn(batch, 3, size, size, generator=generator).to(device)
     targets = torch.randint(0, 1000, (batch,), generator=generator).to(device)
     steps = {}
     for name, model in models.items():
@@ -95,22 +103,25 @@ def run_mode(mode: str, models: dict, device: torch.device, rounds: int, iterati
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--family", choices=("v1", "v2"), default="v1")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--iterations", type=int, default=2)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--modes", default="infer_fp32,infer_bf16,train_fp32")
     args = parser.parse_args()
     device = torch.device(args.device)
-    models = {name: model.to(device) for name, model in build_models().items()}
-    print(f"torch {torch.__version__}, timm {timm.__version__}, torchvision {torchvision.__version__}, "
-          f"device {device}, threads {torch.get_num_threads()}, rounds {args.rounds} x {args.iterations} iterations")
+    models, size = build_models(args.family)
+    models = {name: model.to(device) for name, model in models.items()}
+    print(f"Swin {args.family} at {size}px: torch {torch.__version__}, timm {timm.__version__}, torchvision "
+          f"{torchvision.__version__}, device {device}, threads {torch.get_num_threads()}, rounds {args.rounds} x "
+          f"{args.iterations} iterations")
     print(f"{'mode':<12}" + "".join(f"{name:>13}" for name in models) + f"{'ours/timm*':>12}{'ours/tv':>9}")
     for mode in args.modes.split(","):
-        rates = run_mode(mode, models, device, args.rounds, args.iterations)
-        best_timm = max(rates["timm"], rates["timm_fused"])
+        rates = run_mode(mode, models, size, device, args.rounds, args.iterations)
+        best_timm = max(rates["timm"], rates.get("timm_fused", 0.0))
         print(f"{mode:<12}" + "".join(f"{rate:>13.1f}" for rate in rates.values())
               + f"{rates['ours'] / best_timm:>12.2f}{rates['ours'] / rates['torchvision']:>9.2f}", flush=True)
-    print("img/s; timm* = the faster of timm with and without fused attention; tv = torchvision swin_t")
+    print("img/s; timm* = the faster timm model in the row; tv = torchvision")
 
 
 if __name__ == "__main__":

@@ -126,3 +126,15 @@ def test_ddp_trains_and_evaluates_like_one_process(trained, tmp_path):
     two = torchrun("--cfg", TINY_CFG, "--output", str(tmp_path / "two"), "--eval", "--resume", ckpt, *DIGITS)
     assert two.returncode == 0, two.stderr[-3000:]
     assert eval_figures(two.stdout) == eval_figures(one.stdout)
+
+
+def test_ema_is_evaluated_saved_and_leaves_integer_buffers(tmp_path):
+    result = run_main("--cfg", TINY_CFG, "--output", str(tmp_path), *DIGITS, "TRAIN.EMA_DECAY", "0.9")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert len(re.findall(r"epoch \d: EMA val top-1", result.stdout)) == 2
+    payload = torch.load(os.path.join(run_dir(tmp_path), "ckpt_epoch_1.pth"), weights_only=True)
+    ema, model = payload["model_ema"], payload["model"]
+    index = "layers.0.blocks.0.attn.relative_position_index"
+    assert ema[index].dtype == torch.int64 and torch.equal(ema[index], model[index])
+    key = "layers.0.blocks.0.attn.qkv.weight"
+    assert not torch.equal(ema[key], model[key]) and torch.isfinite(ema[key]).all()

@@ -18,6 +18,7 @@ from timm.scheduler import StepLRScheduler
 
 import engine
 from runtime import Runtime
+from utils import prune_checkpoints, training_checkpoints
 
 DIGITS = ("--opts", "DATA.DATASET", "digits", "TRAIN.EPOCHS", "2", "PRINT_FREQ", "20")
 
@@ -235,3 +236,15 @@ def test_zip_layout_written_by_make_map_trains_with_part_cache(tmp_path):
                       "MODEL.NUM_CLASSES", "2")
     assert result.returncode == 0, result.stderr[-2000:]
     assert "epoch 1: val top-1" in result.stdout
+
+
+def test_pruning_keeps_the_newest_and_never_the_protected(tmp_path):
+    names = ["ckpt_epoch_0.pth", "ckpt_epoch_1.pth", "ckpt_epoch_2_step_10.pth", "ckpt_epoch_2.pth", "best.pth"]
+    for name in names:
+        (tmp_path / name).write_bytes(b"x")
+    resumed = str(tmp_path / "ckpt_epoch_0.pth")
+    prune_checkpoints(str(tmp_path), 2, (resumed,), logging.getLogger("test"))
+    assert sorted(os.listdir(tmp_path)) == ["best.pth", "ckpt_epoch_0.pth", "ckpt_epoch_2.pth",
+                                            "ckpt_epoch_2_step_10.pth"]
+    assert [os.path.basename(p) for p in training_checkpoints(str(tmp_path))] == [
+        "ckpt_epoch_2.pth", "ckpt_epoch_2_step_10.pth", "ckpt_epoch_0.pth"]
