@@ -29,6 +29,7 @@ def plot(records: list[dict], output: str, title: str) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     epochs = [r["epoch"] for r in records]
     fig, (ax_loss, ax_acc, ax_lr) = plt.subplots(1, 3, figsize=(14, 4))
@@ -44,6 +45,7 @@ def plot(records: list[dict], output: str, title: str) -> None:
     ax_lr.set(title="learning rate at epoch end", xlabel="epoch")
     for ax in (ax_loss, ax_acc, ax_lr):
         ax.grid(alpha=0.3)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(output, dpi=100)
@@ -62,7 +64,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         return 2
     run_dir = args.run if os.path.isdir(args.run) else os.path.dirname(args.run)
     output = args.output or os.path.join(run_dir, "curves.png")
-    plot(records, output, os.path.relpath(run_dir))
+    plot(records, output, os.path.normpath(run_dir))
     print(f"wrote {output} ({len(records)} epochs)")
     return 0
 
