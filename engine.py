@@ -11,6 +11,7 @@ import torch
 from timm.scheduler.scheduler import Scheduler
 from torch import nn
 
+from logger import MetricsWriter
 from runtime import Runtime
 from utils import AverageMeter, UserError
 
@@ -55,6 +56,7 @@ class TrainContext:
     max_nonfinite: int = 10
     step_hook: Optional[Callable[[int, int], None]] = None
     ema: Optional[ModelEma] = None
+    metrics: Optional[MetricsWriter] = None
     nonfinite_run: int = 0
     skipped_steps: int = 0
     meters: dict = field(default_factory=dict)
@@ -87,9 +89,10 @@ def _optimizer_step(ctx: TrainContext, finite: bool) -> tuple[float, float]:
     return float(norm), float(ctx.scaler.get_scale()) if ctx.scaler.is_enabled() else 1.0
 
 
-def _log_progress(ctx: TrainContext, epoch: int, step: int, total: int, meters: dict, started: float) -> None:
-    elapsed = time.time() - started
-    eta = elapsed / (step + 1) * (total - step - 1)
+def _log_progress(ctx: TrainContext, epoch: int, step: int, total: int, done: int, started: float) -> None:
+    """One progress line (with ETA from the `done` batches of this run), and the same figures to TensorBoard."""
+    meters = ctx.meters
+    eta = (time.time() - started) / done * (total - step - 1)
     lr = ctx.optimizer.param_groups[0]["lr"]
     wd = ctx.optimizer.param_groups[0]["weight_decay"]
     ctx.logger.info(
@@ -98,6 +101,10 @@ def _log_progress(ctx: TrainContext, epoch: int, step: int, total: int, meters: 
         f"loss_scale {meters['loss_scale'].val:.0f} img/s {meters['img_s'].val:.1f} "
         f"mem {ctx.rt.max_memory_mb():.0f}MB"
     )
+    if ctx.metrics is not None:
+        values = {"lr": lr, "loss": meters["loss"].val, "grad_norm": meters["grad_norm"].val,
+                  "loss_scale": meters["loss_scale"].val, "img_s": meters["img_s"].val}
+        ctx.metrics.scalars(values, epoch * total + step + 1, "train")
 
 
 def _train_batch(ctx: TrainContext, batch: tuple, index: int, epoch: int, total: int) -> tuple[float, int, bool]:
@@ -149,7 +156,7 @@ def train_one_epoch(ctx: TrainContext, loader: Iterable, epoch: int, start_batch
         ctx.meters["loss"].update(loss, size)
         ctx.meters["img_s"].update(size / max(time.time() - tick, 1e-9))
         if index % ctx.print_freq == 0 or index == total - 1:
-            _log_progress(ctx, epoch, index, total, ctx.meters, started)
+            _log_progress(ctx, epoch, index, total, index - start_batch + 1, started)
         if stepped and ctx.step_hook is not None:
             ctx.step_hook(epoch, index + 1)
     return {

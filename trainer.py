@@ -199,13 +199,16 @@ class Training:
             save_text(self.config.dump(), os.path.join(self.config.OUTPUT, "config.yaml"))
         self.ctx.step_hook = self.after_step
         metrics = MetricsWriter(self.config.OUTPUT, self.rt.is_main)
+        self.ctx.metrics = metrics
         result: dict = {"max_accuracy": self.max_accuracy}
         started = time.time()
-        with self.stop:
-            for epoch in range(start_epoch, self.config.TRAIN.EPOCHS):
-                result = self._epoch(epoch, start_batch if epoch == start_epoch else 0)
-                metrics.epoch(result)
-        metrics.close()
+        try:
+            with self.stop:
+                for epoch in range(start_epoch, self.config.TRAIN.EPOCHS):
+                    result = self._epoch(epoch, start_batch if epoch == start_epoch else 0)
+                    metrics.epoch(result)
+        finally:
+            metrics.close()
         self.logger.info(f"training took {time.time() - started:.0f}s; best val top-1 {self.max_accuracy:.2f}%")
         return result
 

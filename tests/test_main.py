@@ -10,6 +10,7 @@ import sys
 import pytest
 import torch
 from conftest import ROOT, TINY_CFG, assert_user_error, run_main
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 DIGITS = ("--opts", "DATA.DATASET", "digits", "TRAIN.EPOCHS", "2", "PRINT_FREQ", "1000")
 
@@ -45,6 +46,11 @@ def test_training_writes_checkpoints_metrics_and_config(trained):
     lines = [json.loads(line) for line in open(os.path.join(folder, "metrics.jsonl"))]
     assert [line["epoch"] for line in lines] == [0, 1]
     assert lines[1]["train_loss"] < lines[0]["train_loss"] and lines[1]["val_loss"] < lines[0]["val_loss"]
+    events = EventAccumulator(os.path.join(folder, "tensorboard"))
+    events.Reload()
+    tags = set(events.Tags()["scalars"])
+    assert {"train/loss", "train/lr", "train/grad_norm", "epoch/val_top1", "epoch/train_loss"} <= tags
+    assert [e.step for e in events.Scalars("epoch/val_top1")] == [0, 1]
 
 
 def test_demo_learns_the_digits_within_a_few_epochs(tmp_path):
