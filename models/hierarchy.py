@@ -48,6 +48,14 @@ def concat_2x2(x: torch.Tensor) -> torch.Tensor:
     return x.permute(0, 1, 3, 4, 2, 5).reshape(B, H // 2, W // 2, 4 * C)  # B, H/2, W/2, 4C
 
 
+def window_block_flops(block: nn.Module) -> int:
+    """Multiply-accumulates of a window-attention block as the reference counts them: norms, attention, MLP."""
+    H, W = block.input_resolution
+    num_windows = H * W / block.window_size / block.window_size
+    attention = num_windows * block.attn.flops(block.window_size * block.window_size)
+    return int(2 * block.dim * H * W + attention + 2 * H * W * block.dim * block.dim * block.mlp_ratio)
+
+
 class BasicLayer(nn.Module):
     """One stage: its blocks, then an optional PatchMerging."""
 

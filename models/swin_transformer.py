@@ -12,7 +12,15 @@ import torch
 from timm.layers import DropPath, trunc_normal_
 from torch import nn
 
-from models.hierarchy import BasicLayer, Mlp, SwinClassifier, concat_2x2, fit_window, init_weights
+from models.hierarchy import (
+    BasicLayer,
+    Mlp,
+    SwinClassifier,
+    concat_2x2,
+    fit_window,
+    init_weights,
+    window_block_flops,
+)
 from models.window_ops import (
     combine_masks,
     make_shift_mask,
@@ -135,11 +143,7 @@ class SwinTransformerBlock(nn.Module):
         return x + self.drop_path(self.mlp(self.norm2(x)))
 
     def flops(self) -> int:
-        H, W = self.input_resolution
-        num_windows = H * W / self.window_size / self.window_size
-        norms = 2 * self.dim * H * W
-        mlp = 2 * H * W * self.dim * self.dim * self.mlp_ratio
-        return int(norms + num_windows * self.attn.flops(self.window_size * self.window_size) + mlp)
+        return window_block_flops(self)
 
 
 class PatchMerging(nn.Module):

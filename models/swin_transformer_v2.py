@@ -13,7 +13,8 @@ import torch.nn.functional as F
 from timm.layers import DropPath
 from torch import nn
 
-from models.hierarchy import BasicLayer, Mlp, SwinClassifier, concat_2x2, fit_window, init_weights
+from models.hierarchy import BasicLayer, Mlp, SwinClassifier, concat_2x2, fit_window, init_weights, window_block_flops
+from models.swin_transformer import PatchMerging as PatchMergingV1
 from models.window_ops import (
     combine_masks,
     make_shift_mask,
@@ -142,20 +143,14 @@ class SwinTransformerBlock(nn.Module):
         return x + self.drop_path(self.norm2(self.mlp(x)))
 
     def flops(self) -> int:
-        H, W = self.input_resolution
-        num_windows = H * W / self.window_size / self.window_size
-        return int(2 * self.dim * H * W + num_windows * self.attn.flops(self.window_size**2)
-                   + 2 * H * W * self.dim * self.dim * self.mlp_ratio)
+        return window_block_flops(self)
 
 
-class PatchMerging(nn.Module):
+class PatchMerging(PatchMergingV1):
     """2x2 neighbours concatenated, projected 4C -> 2C, then normalised (V2 order)."""
 
     def __init__(self, input_resolution: tuple[int, int], dim: int) -> None:
-        super().__init__()
-        self.input_resolution = input_resolution
-        self.dim = dim
-        self.reduction = nn.Linear(4 * dim, 2 * dim, bias=False)
+        super().__init__(input_resolution, dim)
         self.norm = nn.LayerNorm(2 * dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
