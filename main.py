@@ -17,7 +17,7 @@ from config import get_config
 from logger import create_logger
 from runtime import init_runtime, shutdown_runtime
 from trainer import Interrupted, run_eval, run_throughput, run_training
-from utils import UserError, seed_everything
+from utils import UserError, report_user_error, seed_everything
 
 
 class StrictParser(argparse.ArgumentParser):
@@ -81,20 +81,12 @@ def main(argv: Optional[list[str]] = None) -> int:
     try:
         run(get_config(args))
     except UserError as err:
-        print(f"error: {one_line(err)}", file=sys.stderr)
-        return 2
+        return report_user_error(err)
     except Interrupted as stop:
         print(f"interrupted: {stop}", file=sys.stderr)
         return 128 + stop.signum
     return 0
 
-
-def one_line(err: Exception) -> str:
-    """The message of a user error, also when a DataLoader worker wrapped it in its traceback text."""
-    lines = str(err).strip().splitlines()
-    if len(lines) > 1 and "Traceback" in str(err):
-        return lines[-1].split(": ", 1)[-1]
-    return " ".join(lines)
 
 
 if __name__ == "__main__":

@@ -55,6 +55,8 @@ class StopFlag:
 
     def on_any_rank(self, rt: Runtime) -> int:
         """The signal number when any rank received one (0 otherwise), the same on every rank."""
+        if not rt.is_distributed:
+            return self.signum
         raised = rt.all_reduce_sum(torch.tensor([float(self.signum)], device=rt.device))
         return int(raised.item() and (self.signum or signal.SIGTERM))
 

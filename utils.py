@@ -10,6 +10,7 @@ import os
 import pickle
 import random
 import re
+import sys
 import zipfile
 from typing import Callable, Optional
 
@@ -31,6 +32,20 @@ class DataError(UserError):
 
 class CheckpointError(UserError):
     """A checkpoint file that is missing, unreadable or does not fit the model."""
+
+
+def report_user_error(err: UserError) -> int:
+    """Print `err` as one `error: ...` line on stderr and return the exit code for user mistakes, 2.
+
+    A DataLoader worker re-raises errors with its traceback in the message; only the last line is kept.
+    """
+    lines = str(err).strip().splitlines()
+    if len(lines) > 1 and "Traceback" in str(err):
+        message = lines[-1].split(": ", 1)[-1]
+    else:
+        message = " ".join(lines)
+    print(f"error: {message}", file=sys.stderr)
+    return 2
 
 
 def _write_atomically(path: str, write: Callable[[str], None]) -> None:

@@ -11,7 +11,7 @@ import os
 import sys
 
 from data.datasets import ImageFolderDataset
-from utils import UserError
+from utils import UserError, report_user_error
 
 
 def map_lines(root: str) -> list[str]:
@@ -26,8 +26,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         sys.stdout.write("".join(line + "\n" for line in map_lines(args.root)))
     except UserError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        return report_user_error(err)
     return 0
 
 

@@ -19,22 +19,24 @@ def _without_derived(state: StateDict) -> StateDict:
     return {k: v for k, v in state.items() if not k.endswith(DERIVED_BUFFERS)}
 
 
-def to_timm(state: StateDict) -> StateDict:
-    """Reference (V1 or V2) names to timm's `swin_*` / `swinv2_*` names."""
+def _move_mergings_and_head(state: StateDict, stage_offset: int, head_from: str, head_to: str) -> StateDict:
+    """Derived buffers dropped, `layers.i.downsample` renumbered by `stage_offset`, the head prefix renamed."""
     out = {}
     for key, value in _without_derived(state).items():
-        key = re.sub(r"^layers\.(\d+)\.downsample", lambda m: f"layers.{int(m.group(1)) + 1}.downsample", key)
-        out[re.sub(r"^head\.", "head.fc.", key)] = value
+        key = re.sub(r"^layers\.(\d+)\.downsample",
+                     lambda m: f"layers.{int(m.group(1)) + stage_offset}.downsample", key)
+        out[head_to + key[len(head_from):] if key.startswith(head_from) else key] = value
     return out
+
+
+def to_timm(state: StateDict) -> StateDict:
+    """Reference (V1 or V2) names to timm's `swin_*` / `swinv2_*` names."""
+    return _move_mergings_and_head(state, 1, "head.", "head.fc.")
 
 
 def from_timm(state: StateDict) -> StateDict:
     """timm's `swin_*` / `swinv2_*` names back to the reference names."""
-    out = {}
-    for key, value in _without_derived(state).items():
-        key = re.sub(r"^layers\.(\d+)\.downsample", lambda m: f"layers.{int(m.group(1)) - 1}.downsample", key)
-        out[re.sub(r"^head\.fc\.", "head.", key)] = value
-    return out
+    return _move_mergings_and_head(state, -1, "head.fc.", "head.")
 
 
 _TV_PATCH = (("patch_embed.proj.", "features.0.0."), ("patch_embed.norm.", "features.0.2."))

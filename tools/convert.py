@@ -16,7 +16,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from models.convert import from_timm, from_torchvision, to_timm, to_torchvision  # noqa: E402
-from utils import UserError, load_checkpoint_file, model_state_from, save_checkpoint  # noqa: E402
+from utils import UserError, load_checkpoint_file, model_state_from, report_user_error, save_checkpoint  # noqa: E402
 
 _TO = {"timm": to_timm, "torchvision": to_torchvision}
 _FROM = {"timm": from_timm, "torchvision": from_torchvision}
@@ -33,8 +33,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     try:
         state = model_state_from(load_checkpoint_file(args.input), args.input)
     except UserError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        return report_user_error(err)
     if args.to:
         save_checkpoint(_TO[args.to](state), args.output)
     else:

@@ -20,7 +20,7 @@ sys.path.insert(0, ROOT)
 from checkpoint import load_weights  # noqa: E402
 from config import load_config  # noqa: E402
 from models import build_model  # noqa: E402
-from utils import UserError, load_checkpoint_file, model_state_from  # noqa: E402
+from utils import UserError, load_checkpoint_file, model_state_from, report_user_error  # noqa: E402
 
 
 def export(model: torch.nn.Module, example: torch.Tensor, fmt: str, path: str, opset: int = 18) -> None:
@@ -70,8 +70,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         if state is not None:
             load_weights(model, state, args.resume, "pick the config the checkpoint was trained with")
     except UserError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        return report_user_error(err)
     size = config.DATA.IMG_SIZE
     export(model, torch.randn(2, 3, size, size), args.format, args.output, args.opset)
     images = torch.randn(3, 3, size, size)

@@ -27,7 +27,7 @@ from config import load_config  # noqa: E402
 from data.datasets import decode_image  # noqa: E402
 from data.transforms import build_transform  # noqa: E402
 from models import build_model  # noqa: E402
-from utils import DataError, UserError, load_checkpoint_file, model_state_from  # noqa: E402
+from utils import DataError, UserError, load_checkpoint_file, model_state_from, report_user_error  # noqa: E402
 
 
 def expand_inputs(inputs: list[str]) -> list[str]:
@@ -129,8 +129,7 @@ def main(argv: Optional[list[str]] = None) -> int:
                           args.batch_size, device)
         write_results(results, names, args.output)
     except UserError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        return report_user_error(err)
     return 0
 
 

@@ -14,7 +14,7 @@ sys.path.insert(0, ROOT)
 from config import load_config  # noqa: E402
 from models import build_model  # noqa: E402
 from models.summary import summarize  # noqa: E402
-from utils import UserError  # noqa: E402
+from utils import UserError, report_user_error  # noqa: E402
 
 
 def main(argv: Optional[list[str]] = None) -> int:
@@ -25,8 +25,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     try:
         config = load_config(args.cfg, args.opts or ())
     except UserError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        return report_user_error(err)
     print(summarize(build_model(config), config.MODEL.NAME))
     return 0
 
