@@ -120,12 +120,14 @@ class SwinTransformerBlock(nn.Module):
         self.window_size = window_size
         self.shift_size = shift_size
         pretrained = attn_options.pop("pretrained_window_size", 0)
+        # Registered in the reference's order, so a reference checkpoint's optimizer state (matched by position)
+        # lands on the right tensors, although the norms apply after their branch here.
+        self.norm1 = nn.LayerNorm(dim)
         self.attn = WindowAttention(dim, (window_size, window_size), num_heads,
                                     pretrained_window_size=(pretrained, pretrained), **attn_options)
-        self.norm1 = nn.LayerNorm(dim)
         self.drop_path = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
-        self.mlp = Mlp(dim, int(dim * mlp_ratio), drop=attn_options.get("proj_drop", 0.0))
         self.norm2 = nn.LayerNorm(dim)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), drop=attn_options.get("proj_drop", 0.0))
         attn_mask = make_shift_mask(input_resolution, window_size, shift_size) if shift_size else None
         self.register_buffer("attn_mask", attn_mask)
 
