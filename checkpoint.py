@@ -2,14 +2,14 @@
 
 import logging
 import os
-from typing import Optional
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 from yacs.config import CfgNode
 
 from models.pretrained import DERIVED_BUFFERS, adapt_state_dict
-from utils import CheckpointError, load_checkpoint_file, model_state_from, rng_state, save_checkpoint, set_rng_state
+from utils import CheckpointError, load_checkpoint_file, model_state_from, save_checkpoint
 
 
 def _check_fits(model: nn.Module, state: dict, path: str, hint: str) -> None:
@@ -30,8 +30,12 @@ def _check_fits(model: nn.Module, state: dict, path: str, hint: str) -> None:
 
 
 def load_weights(model: nn.Module, state: dict, path: str, hint: str) -> None:
-    """Load `state` into `model`, requiring every parameter; the derived buffers are recomputed, not loaded."""
+    """Load `state` into `model`, requiring every parameter, all finite; derived buffers are recomputed, not loaded."""
     _check_fits(model, state, path, hint)
+    for key, value in state.items():
+        if value.is_floating_point() and not torch.isfinite(value).all():
+            raise CheckpointError(f"checkpoint {path} holds non-finite values in {key}; it is from a run that "
+                                  "diverged: pick an earlier checkpoint")
     model.load_state_dict({k: v for k, v in state.items() if not k.endswith(DERIVED_BUFFERS)}, strict=False)
 
 
@@ -45,16 +49,22 @@ def load_pretrained(model: nn.Module, path: str, logger: logging.Logger) -> None
     logger.info(f"loaded pretrained weights from {path}")
 
 
+def optimizer_param_names(model: nn.Module, optimizer: torch.optim.Optimizer) -> list[str]:
+    """The name of each parameter the optimizer holds, in its state-dict numbering."""
+    names = {id(p): name for name, p in model.named_parameters()}
+    return [names[id(p)] for group in optimizer.param_groups for p in group["params"]]
+
+
 def training_state(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: object,
                    scaler: torch.amp.GradScaler, progress: dict, config: CfgNode) -> dict:
     """The reference checkpoint keys, plus what exact resumption needs; all readable with weights_only."""
     return {
         "model": model.state_dict(),
         "optimizer": optimizer.state_dict(),
+        "optimizer_param_names": optimizer_param_names(model, optimizer),
         "lr_scheduler": scheduler.state_dict(),
         "scaler": scaler.state_dict(),
         "config": config.dump(),
-        "rng": rng_state(),
         **progress,
     }
 
@@ -74,26 +84,74 @@ def save_training_state(payload: dict, output_dir: str, is_best: bool = False) -
     return path
 
 
-def resume_training_state(path: str, model: nn.Module, optimizer: Optional[torch.optim.Optimizer],
-                          scheduler: Optional[object], scaler: Optional[torch.amp.GradScaler],
-                          ema_model: Optional[nn.Module] = None) -> dict:
-    """Restore weights and, for a training checkpoint, optimizer, schedule, scaler, RNG and EMA states.
+def _optimizer_state_by_name(saved: dict, saved_names: list[str], model: nn.Module,
+                             optimizer: torch.optim.Optimizer) -> dict:
+    """The saved per-parameter state renumbered for `optimizer`, matched by parameter name."""
+    index_of = {name: i for i, name in enumerate(optimizer_param_names(model, optimizer))}
+    state = {index_of[saved_names[i]]: value for i, value in saved["state"].items()
+             if i < len(saved_names) and saved_names[i] in index_of}
+    return {"state": state, "param_groups": optimizer.state_dict()["param_groups"]}
 
-    Returns the checkpoint's progress entries (epoch, max_accuracy, ...) and `resume_at`, the
-    (epoch, batches done) to continue from; a reference checkpoint continues after its epoch.
+
+def restore_optimizer(optimizer: torch.optim.Optimizer, payload: dict, model: nn.Module, path: str) -> None:
+    """Load the optimizer's per-parameter state (moments, momentum, step) and keep this run's hyperparameters.
+
+    Our checkpoints name their parameters, so the state follows the names; reference checkpoints
+    are matched by position, which our modules' registration order keeps equal to the reference's.
+    The group settings (lr, weight decay, betas, fused/foreach kernels) stay those of the current
+    config and device: a CPU checkpoint resumed into a fused CUDA optimizer must not turn fusion off.
     """
+    saved = payload["optimizer"]
+    if "optimizer_param_names" in payload:
+        saved = _optimizer_state_by_name(saved, payload["optimizer_param_names"], model, optimizer)
+    current_groups = [{k: v for k, v in group.items() if k != "params"} for group in optimizer.param_groups]
+    try:
+        optimizer.load_state_dict(saved)
+    except (ValueError, KeyError, IndexError) as err:
+        raise CheckpointError(f"checkpoint {path} has optimizer state for other parameters ({err}); resume it "
+                              "with the config it was trained with, or start from its weights with --pretrained"
+                              ) from None
+    for group, settings in zip(optimizer.param_groups, current_groups):
+        group.update(settings)
+
+
+def restore_scaler(scaler: torch.amp.GradScaler, payload: dict) -> None:
+    """The fp16 loss scale, when both this run and the checkpoint use one (a bf16, fp32 or reference file has none)."""
+    saved = payload.get("scaler")
+    if scaler.is_enabled() and isinstance(saved, dict) and saved:
+        scaler.load_state_dict(saved)
+
+
+@dataclass
+class ResumePoint:
+    """Where a training checkpoint leaves the run, and what the run had recorded up to there."""
+
+    path: str
+    epoch: int  # the epoch to run next
+    batches: int  # batches of that epoch already done
+    max_accuracy: float = 0.0
+    totals: dict = field(default_factory=dict)  # running sums of the unfinished epoch
+    history: list = field(default_factory=list)  # one metrics record per finished epoch
+    rng: list = field(default_factory=list)  # each rank's random generator states, by rank
+    world_size: int = 0  # processes of the run that wrote it (0: unknown)
+    config_text: str = ""
+
+
+def read_resume_point(path: str, payload: dict) -> ResumePoint:
+    """The progress entries of a checkpoint; a reference checkpoint continues after its epoch."""
+    epoch, batches = payload.get("resume_at", (payload.get("epoch", -1) + 1, 0))
+    rng = payload.get("rng", [])
+    config_text = payload.get("config", "")
+    return ResumePoint(path=path, epoch=int(epoch), batches=int(batches),
+                       max_accuracy=float(payload.get("max_accuracy", 0.0)), totals=payload.get("epoch_totals", {}),
+                       history=list(payload.get("metrics_history", [])), rng=[rng] if isinstance(rng, dict) else rng,
+                       world_size=int(payload.get("world_size", 0)),
+                       config_text=config_text if isinstance(config_text, str) else "")
+
+
+def load_model_weights(path: str, model: nn.Module) -> dict:
+    """Load a checkpoint's model weights into `model` for evaluation or resumption; returns the whole payload."""
     payload = load_checkpoint_file(path)
     load_weights(model, model_state_from(payload, path), path,
                  "to start from other weights use --pretrained, which adapts them")
-    if optimizer is not None and "optimizer" in payload:
-        optimizer.load_state_dict(payload["optimizer"])
-        scheduler.load_state_dict(payload["lr_scheduler"])
-        scaler.load_state_dict(payload["scaler"])
-        if "rng" in payload:
-            set_rng_state(payload["rng"])
-    if ema_model is not None:
-        load_weights(ema_model, payload.get("model_ema", model_state_from(payload, path)), path,
-                     "its EMA weights are from another model")
-    progress = {k: payload[k] for k in ("epoch", "max_accuracy", "class_names") if k in payload}
-    progress["resume_at"] = tuple(payload.get("resume_at", (payload.get("epoch", -1) + 1, 0)))
-    return progress
+    return payload

@@ -3,6 +3,8 @@
 import contextlib
 import copy
 import logging
+import math
+import signal
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Optional
@@ -13,7 +15,7 @@ from torch import nn
 
 from logger import MetricsWriter
 from runtime import Runtime
-from utils import AverageMeter, UserError
+from utils import UserError
 
 
 class DivergedError(UserError):
@@ -54,12 +56,18 @@ class TrainContext:
     accumulation_steps: int = 1
     print_freq: int = 10
     max_nonfinite: int = 10
-    step_hook: Optional[Callable[[int, int], None]] = None
+    step_hook: Optional[Callable[[int, int, int], None]] = None
+    stop_signal: Callable[[], int] = lambda: 0
     ema: Optional[ModelEma] = None
     metrics: Optional[MetricsWriter] = None
     nonfinite_run: int = 0
-    skipped_steps: int = 0
+    window_nonfinite: int = 0
+    totals: dict = field(default_factory=dict)
     meters: dict = field(default_factory=dict)
+
+
+# Sums that make up an epoch's figures; a mid-epoch checkpoint carries them so a resumed epoch reports the whole.
+EPOCH_TOTALS = ("loss_sum", "loss_count", "grad_norm_sum", "grad_norm_count", "skipped_steps", "images", "seconds")
 
 
 def _grad_norm(parameters: list[torch.Tensor], clip: float) -> torch.Tensor:
@@ -71,22 +79,30 @@ def _grad_norm(parameters: list[torch.Tensor], clip: float) -> torch.Tensor:
         torch.zeros(())
 
 
-def _is_finite_everywhere(loss: torch.Tensor, rt: Runtime) -> bool:
-    """True when the loss is finite on every rank, so all ranks skip or step together."""
-    bad = torch.tensor([0.0 if torch.isfinite(loss) else 1.0], device=loss.device)
-    return rt.all_reduce_sum(bad).item() == 0
+def _agree_on_step(ctx: TrainContext) -> tuple[bool, int]:
+    """One collective per optimizer step: whether every rank's losses of the window were finite, and the signal
+    any rank received (0 when none), the same on every rank."""
+    if not ctx.rt.is_distributed:
+        return ctx.window_nonfinite == 0, ctx.stop_signal()
+    flags = torch.tensor([float(ctx.window_nonfinite), float(ctx.stop_signal())], device=ctx.rt.device)
+    bad, signum = ctx.rt.all_reduce_sum(flags).tolist()
+    return bad == 0, int(signum and (ctx.stop_signal() or signal.SIGTERM))
 
 
-def _optimizer_step(ctx: TrainContext, finite: bool) -> tuple[float, float]:
-    """Unscale, clip, step and zero the gradients; skip the update when the loss was not finite."""
+def _optimizer_step(ctx: TrainContext, loss_finite: bool) -> tuple[float, bool]:
+    """Unscale, clip and step, then zero the gradients; skip the update when a loss or gradient is not finite.
+
+    Returns the gradient norm and whether the weights were updated.
+    """
     params = [p for p in ctx.model.parameters() if p.requires_grad]
     ctx.scaler.unscale_(ctx.optimizer)
-    norm = _grad_norm(params, ctx.clip_grad)
-    if finite:
+    norm = float(_grad_norm(params, ctx.clip_grad))
+    stepped = loss_finite and math.isfinite(norm)
+    if stepped:
         ctx.scaler.step(ctx.optimizer)
     ctx.scaler.update()
     ctx.optimizer.zero_grad(set_to_none=True)
-    return float(norm), float(ctx.scaler.get_scale()) if ctx.scaler.is_enabled() else 1.0
+    return norm, stepped
 
 
 def _log_progress(ctx: TrainContext, epoch: int, step: int, total: int, done: int, started: float) -> None:
@@ -95,22 +111,42 @@ def _log_progress(ctx: TrainContext, epoch: int, step: int, total: int, done: in
     eta = (time.time() - started) / done * (total - step - 1)
     lr = ctx.optimizer.param_groups[0]["lr"]
     wd = ctx.optimizer.param_groups[0]["weight_decay"]
+    loss_avg = ctx.totals["loss_sum"] / max(ctx.totals["loss_count"], 1)
     ctx.logger.info(
         f"train {epoch} [{step + 1}/{total}] eta {eta:.0f}s lr {lr:.3e} wd {wd:.4f} "
-        f"loss {meters['loss'].val:.4f} ({meters['loss'].avg:.4f}) grad_norm {meters['grad_norm'].val:.4f} "
-        f"loss_scale {meters['loss_scale'].val:.0f} img/s {meters['img_s'].val:.1f} "
+        f"loss {meters['loss']:.4f} ({loss_avg:.4f}) grad_norm {meters['grad_norm']:.4f} "
+        f"loss_scale {meters['loss_scale']:.0f} img/s {meters['img_s']:.1f} "
         f"mem {ctx.rt.max_memory_mb():.0f}MB"
     )
     if ctx.metrics is not None:
-        values = {"lr": lr, "loss": meters["loss"].val, "grad_norm": meters["grad_norm"].val,
-                  "loss_scale": meters["loss_scale"].val, "img_s": meters["img_s"].val}
+        values = {"lr": lr, **meters}
         ctx.metrics.scalars(values, epoch * total + step + 1, "train")
+
+
+def _end_of_window(ctx: TrainContext, epoch: int, index: int, total: int) -> Optional[int]:
+    """The optimizer step that closes an accumulation window. Returns the stop signal agreed by all ranks."""
+    loss_finite, signum = _agree_on_step(ctx)
+    ctx.window_nonfinite = 0
+    norm, stepped = _optimizer_step(ctx, loss_finite)
+    if stepped:
+        ctx.nonfinite_run = 0
+        if ctx.ema is not None:
+            ctx.ema.update()
+        ctx.totals["grad_norm_sum"] += norm
+        ctx.totals["grad_norm_count"] += 1
+    else:
+        ctx.totals["skipped_steps"] += 1
+        _track_nonfinite(ctx, loss_finite, epoch, index)
+    ctx.scheduler.step_update((epoch * total + index) // ctx.accumulation_steps)
+    ctx.meters["grad_norm"] = norm
+    ctx.meters["loss_scale"] = float(ctx.scaler.get_scale()) if ctx.scaler.is_enabled() else 1.0
+    return signum
 
 
 def _train_batch(ctx: TrainContext, batch: tuple, index: int, epoch: int, total: int) -> tuple[float, int, bool]:
     """Forward and backward one batch; step the optimizer at the end of each accumulation window.
 
-    Returns the loss, the batch size and whether the optimizer stepped.
+    Returns the loss, the batch size and whether this batch closed a window.
     """
     images, targets = batch[0].to(ctx.rt.device, non_blocking=True), batch[1].to(ctx.rt.device, non_blocking=True)
     if ctx.mixup_fn is not None:
@@ -122,65 +158,76 @@ def _train_batch(ctx: TrainContext, batch: tuple, index: int, epoch: int, total:
     with (contextlib.nullcontext() if sync else ctx.model.no_sync()), ctx.rt.autocast():
         loss = ctx.criterion(ctx.model(images), targets)
     ctx.scaler.scale(loss / ctx.accumulation_steps).backward()
-    if is_step:
-        finite = _is_finite_everywhere(loss.detach(), ctx.rt)
-        norm, scale = _optimizer_step(ctx, finite)
-        ctx.skipped_steps += _track_nonfinite(ctx, finite, epoch, index)
-        if finite and ctx.ema is not None:
-            ctx.ema.update()
-        ctx.scheduler.step_update((epoch * total + index) // ctx.accumulation_steps)
-        ctx.meters["grad_norm"].update(norm)
-        ctx.meters["loss_scale"].update(scale)
-    return loss.item(), images.shape[0], is_step
+    value = loss.item()
+    ctx.window_nonfinite += not math.isfinite(value)
+    return value, images.shape[0], is_step
 
 
-def train_one_epoch(ctx: TrainContext, loader: Iterable, epoch: int, start_batch: int = 0) -> dict:
+def train_one_epoch(ctx: TrainContext, loader: Iterable, epoch: int, start_batch: int = 0,
+                    totals: Optional[dict] = None) -> dict:
     """One pass over `loader`, which yields the epoch's batches from `start_batch` on (a resumed epoch).
 
-    After every optimizer step `ctx.step_hook(epoch, batches_done)` runs (mid-epoch checkpoints,
-    preemption). Returns the mean loss, mean grad norm, last lr, skipped (non-finite) steps and images/s.
+    `totals` are the running sums of the batches before `start_batch` (from a mid-epoch checkpoint).
+    After every optimizer step `ctx.step_hook(epoch, batches_done, signal)` runs (mid-epoch
+    checkpoints, preemption). Returns the mean loss and grad norm over the finite steps, the last
+    lr, the skipped (non-finite) steps and images/s.
     """
     ctx.model.train()
-    ctx.meters = {k: AverageMeter() for k in ("loss", "grad_norm", "loss_scale", "img_s")}
-    ctx.skipped_steps = 0
+    ctx.meters = {"loss": 0.0, "grad_norm": 0.0, "loss_scale": 1.0, "img_s": 0.0}
+    ctx.totals = {key: 0 for key in EPOCH_TOTALS} | (totals or {})
+    ctx.window_nonfinite = 0
     total = start_batch + len(loader)
-    images_seen, started = 0, time.time()
+    started = time.time()
     ctx.optimizer.zero_grad(set_to_none=True)
     for index, batch in enumerate(loader, start=start_batch):
         if batch is None:
             continue
         tick = time.time()
-        loss, size, stepped = _train_batch(ctx, batch, index, epoch, total)
+        loss, size, closes_window = _train_batch(ctx, batch, index, epoch, total)
+        signum = _end_of_window(ctx, epoch, index, total) if closes_window else None
         ctx.rt.synchronize()
-        images_seen += size
-        ctx.meters["loss"].update(loss, size)
-        ctx.meters["img_s"].update(size / max(time.time() - tick, 1e-9))
+        elapsed = time.time() - tick
+        ctx.totals["images"] += size
+        ctx.totals["seconds"] += elapsed
+        if math.isfinite(loss):
+            ctx.totals["loss_sum"] += loss * size
+            ctx.totals["loss_count"] += size
+        ctx.meters.update(loss=loss, img_s=size / max(elapsed, 1e-9))
         if index % ctx.print_freq == 0 or index == total - 1:
             _log_progress(ctx, epoch, index, total, index - start_batch + 1, started)
-        if stepped and ctx.step_hook is not None:
-            ctx.step_hook(epoch, index + 1)
+        if signum is not None and ctx.step_hook is not None:
+            ctx.step_hook(epoch, index + 1, signum)
+    return epoch_figures(ctx)
+
+
+def epoch_figures(ctx: TrainContext) -> dict:
+    """The epoch's training figures from its running sums."""
+    sums = ctx.totals
     return {
-        "train_loss": ctx.meters["loss"].avg,
-        "grad_norm": ctx.meters["grad_norm"].avg,
+        "train_loss": sums["loss_sum"] / max(sums["loss_count"], 1),
+        "grad_norm": sums["grad_norm_sum"] / max(sums["grad_norm_count"], 1),
         "lr": ctx.optimizer.param_groups[0]["lr"],
-        "skipped_steps": float(ctx.skipped_steps),
-        "train_img_s": images_seen / max(time.time() - started, 1e-9),
+        "skipped_steps": float(sums["skipped_steps"]),
+        "train_img_s": sums["images"] / max(sums["seconds"], 1e-9),
     }
 
 
-def _track_nonfinite(ctx: TrainContext, finite: bool, epoch: int, index: int) -> int:
-    """Count a skipped step; stop training after `max_nonfinite` in a row."""
-    if finite:
-        ctx.nonfinite_run = 0
-        return 0
+def _track_nonfinite(ctx: TrainContext, loss_finite: bool, epoch: int, index: int) -> None:
+    """Log a skipped step; stop training after `max_nonfinite` non-finite steps in a row.
+
+    An fp16 gradient overflow with finite losses is the loss scaler's routine skip and does not count.
+    """
+    if loss_finite and ctx.scaler.is_enabled():
+        ctx.logger.info(f"epoch {epoch} step {index}: fp16 gradient overflow, update skipped, loss scale lowered")
+        return
     ctx.nonfinite_run += 1
-    ctx.logger.warning(f"epoch {epoch} step {index}: non-finite loss, update skipped ({ctx.nonfinite_run} in a row)")
+    what = "loss" if not loss_finite else "gradient"
+    ctx.logger.warning(f"epoch {epoch} step {index}: non-finite {what}, update skipped ({ctx.nonfinite_run} in a row)")
     if ctx.nonfinite_run >= ctx.max_nonfinite:
         raise DivergedError(
             f"loss was non-finite for {ctx.nonfinite_run} steps in a row up to epoch {epoch} step {index}; "
             "lower TRAIN.BASE_LR or raise TRAIN.CLIP_GRAD and resume from the last checkpoint"
         )
-    return 1
 
 
 @torch.no_grad()

@@ -2,11 +2,14 @@
 
 import json
 import logging
+import math
 import os
 import sys
 from typing import Optional
 
 from termcolor import colored
+
+from utils import save_text
 
 
 class _ColourFormatter(logging.Formatter):
@@ -38,34 +41,54 @@ def create_logger(output_dir: Optional[str], rank: int, name: str = "swin") -> l
     return logger
 
 
-class MetricsWriter:
-    """Scalars to `metrics.jsonl` (one JSON object per call) and TensorBoard, on the main rank only."""
+def _finite_or_none(record: dict) -> dict:
+    """`record` with NaN and infinities as None, so each line is strict JSON."""
+    return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in record.items()}
 
-    def __init__(self, output_dir: str, enabled: bool) -> None:
+
+class MetricsWriter:
+    """Per-epoch records to `metrics.jsonl` (strict JSON) and TensorBoard, on the main rank only.
+
+    TensorBoard gets two runs: `tensorboard/train` (per logged step) and `tensorboard/epoch`.
+    A resumed run purges what the interrupted one wrote past the checkpoint (`purge_step`,
+    `purge_epoch`), so every step and epoch appears once.
+    """
+
+    def __init__(self, output_dir: str, enabled: bool, purge_step: int = 0, purge_epoch: int = 0) -> None:
         self.enabled = enabled
         self.path = os.path.join(output_dir, "metrics.jsonl")
-        self._tensorboard = None
+        self._writers: dict = {}
         if enabled:
             from torch.utils.tensorboard import SummaryWriter
 
-            self._tensorboard = SummaryWriter(log_dir=os.path.join(output_dir, "tensorboard"))
+            board = os.path.join(output_dir, "tensorboard")
+            self._writers = {"train": SummaryWriter(os.path.join(board, "train"), purge_step=purge_step),
+                             "epoch": SummaryWriter(os.path.join(board, "epoch"), purge_step=purge_epoch)}
 
-    def scalars(self, values: dict, step: int, prefix: str = "") -> None:
-        """Write `values` for `step` to TensorBoard under `prefix/`."""
-        if self._tensorboard is None:
+    def scalars(self, values: dict, step: int, prefix: str = "train") -> None:
+        """Write `values` for `step` to TensorBoard under `prefix/` (train or epoch)."""
+        writer = self._writers.get(prefix)
+        if writer is None:
             return
         for key, value in values.items():
-            self._tensorboard.add_scalar(f"{prefix}/{key}" if prefix else key, value, step)
+            if value is not None:
+                writer.add_scalar(f"{prefix}/{key}", value, step)
 
     def epoch(self, record: dict) -> None:
-        """Append one line of per-epoch metrics."""
+        """Append one line of per-epoch metrics (NaN and infinities as null)."""
         if not self.enabled:
             return
+        clean = _finite_or_none(record)
         with open(self.path, "a", encoding="utf-8") as f:
-            f.write(json.dumps(record) + "\n")
-        self.scalars({k: v for k, v in record.items() if k != "epoch"}, record["epoch"], "epoch")
-        self._tensorboard.flush()
+            f.write(json.dumps(clean, allow_nan=False) + "\n")
+        self.scalars({k: v for k, v in clean.items() if k != "epoch"}, record["epoch"], "epoch")
+        self._writers["epoch"].flush()
+
+    def rewrite(self, history: list[dict]) -> None:
+        """Make `metrics.jsonl` exactly these epoch records (those of the checkpoint a run resumes from)."""
+        if self.enabled:
+            save_text("".join(json.dumps(_finite_or_none(r), allow_nan=False) + "\n" for r in history), self.path)
 
     def close(self) -> None:
-        if self._tensorboard is not None:
-            self._tensorboard.close()
+        for writer in self._writers.values():
+            writer.close()

@@ -15,7 +15,7 @@ from yacs.config import CfgNode
 
 from config import get_config
 from logger import create_logger
-from runtime import init_runtime, shutdown_runtime
+from runtime import init_runtime, launcher_ranks, shutdown_runtime
 from trainer import Interrupted, run_eval, run_throughput, run_training
 from utils import UserError, report_user_error, seed_everything
 
@@ -77,16 +77,26 @@ def run(config: CfgNode) -> dict:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
+    """Exit codes: 0 done, 2 a user mistake (one line), 128 + signal when preempted.
+
+    Under several processes a mistake every rank sees (the config, or one the ranks agreed on) is
+    printed by rank 0 alone; one that only this rank met is printed by it.
+    """
     args = parse_args(argv)
+    is_rank0 = launcher_ranks()[0] == 0
     try:
-        run(get_config(args))
+        config = get_config(args)
     except UserError as err:
-        return report_user_error(err)
+        return report_user_error(err, show=is_rank0)
+    try:
+        run(config)
+    except UserError as err:
+        return report_user_error(err, show=is_rank0 or not getattr(err, "agreed", False))
     except Interrupted as stop:
-        print(f"interrupted: {stop}", file=sys.stderr)
+        if is_rank0:
+            print(f"interrupted: {stop}", file=sys.stderr)
         return 128 + stop.signum
     return 0
-
 
 
 if __name__ == "__main__":

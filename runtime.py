@@ -7,15 +7,18 @@ Model and data code get a `Runtime` and never look at devices or ranks themselve
 
 import contextlib
 import os
+import random
+import re
 from dataclasses import dataclass
-from typing import Optional
+from typing import Any, Callable, Optional
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
 from yacs.config import CfgNode
 
-from utils import ConfigError
+from utils import ConfigError, UserError
 
 _AMP_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -56,6 +59,65 @@ class Runtime:
         if self.is_distributed:
             dist.barrier()
 
+    def all_gather_object(self, obj: Any) -> list:
+        """`obj` of every rank, by rank (a list of one in a world of one)."""
+        if not self.is_distributed:
+            return [obj]
+        gathered: list = [None] * self.world_size
+        dist.all_gather_object(gathered, obj)
+        return gathered
+
+    def broadcast_object(self, obj: Any) -> Any:
+        """Rank 0's `obj` on every rank, so a choice made on rank 0 (which checkpoint to resume) holds everywhere."""
+        if not self.is_distributed:
+            return obj
+        box = [obj]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
+    def agreed(self, action: Callable[[], Any]) -> Any:
+        """Run `action` on every rank; when it raised a UserError on any rank, raise the first one on every rank.
+
+        Every rank must call it at the same point, so that a mistake seen by one rank (its node lacks
+        the data, say) stops all of them together with one message, instead of leaving the others
+        waiting in a collective.
+        """
+        try:
+            result, error = action(), None
+        except UserError as err:
+            result, error = None, err
+        messages = self.all_gather_object(str(error) if error is not None else None)
+        first = next((m for m in messages if m is not None), None)
+        if first is not None:
+            agreed = error if error is not None and str(error) == first else UserError(first)
+            agreed.agreed = True  # every rank raises it: rank 0 alone reports it
+            raise agreed
+        return result
+
+    def rng_state(self) -> dict:
+        """This process's random generators (this device's CUDA one included), in types `weights_only` accepts."""
+        state = {
+            "python": random.getstate(),
+            "numpy": [v.tolist() if isinstance(v, np.ndarray) else v for v in np.random.get_state()],
+            "torch": torch.get_rng_state(),
+        }
+        if self.device.type == "cuda":
+            state["cuda"] = torch.cuda.get_rng_state(self.device)
+        return state
+
+    def set_rng_state(self, state: dict) -> None:
+        """Restore what `rng_state` saved; a CUDA state is restored only onto a CUDA device."""
+        version, *rest = state["python"]
+        random.setstate((version, tuple(rest[0]), *rest[1:]))
+        name, keys, *rest = state["numpy"]
+        np.random.set_state((name, np.asarray(keys, dtype=np.uint32), *rest))
+        torch.set_rng_state(state["torch"])
+        cuda = state.get("cuda")
+        if isinstance(cuda, (list, tuple)):  # older checkpoints: every device of the saving node
+            cuda = cuda[self.device.index] if self.device.index is not None and self.device.index < len(cuda) else None
+        if cuda is not None and self.device.type == "cuda":
+            torch.cuda.set_rng_state(cuda, self.device)
+
     def synchronize(self) -> None:
         """Wait for queued device work, so timings are real."""
         if self.device.type == "cuda":
@@ -89,18 +151,46 @@ def _pick_amp_dtype(config: CfgNode, device: torch.device) -> Optional[torch.dty
     return torch.bfloat16 if config.AMP_DTYPE == "bf16" else None
 
 
+def _first_slurm_host(nodelist: str) -> str:
+    """The first host of a SLURM node list such as `gpu[003-005,9],cpu1` (here `gpu003`)."""
+    match = re.match(r"([^,\[]+)(?:\[([^\],-]+))?", nodelist.strip())
+    if not match:
+        raise ConfigError(f"SLURM_JOB_NODELIST {nodelist!r} names no host; set MASTER_ADDR to the first node")
+    return match.group(1) + (match.group(2) or "")
+
+
+def launcher_ranks() -> tuple[int, int, int]:
+    """(rank, world size, local rank) from torchrun's variables, else from `srun`'s, else a world of one."""
+    env = os.environ
+    if "RANK" in env or "WORLD_SIZE" in env:
+        return int(env.get("RANK", "0")), int(env.get("WORLD_SIZE", "1")), int(env.get("LOCAL_RANK", "0"))
+    if "SLURM_PROCID" in env and int(env.get("SLURM_NTASKS", "1")) > 1:
+        return int(env["SLURM_PROCID"]), int(env["SLURM_NTASKS"]), int(env.get("SLURM_LOCALID", "0"))
+    return 0, 1, 0
+
+
+def _slurm_rendezvous() -> None:
+    """Under `srun python main.py` without torchrun: meet at the job's first node, port 29500, unless set."""
+    env = os.environ
+    nodelist = env.get("SLURM_STEP_NODELIST") or env.get("SLURM_JOB_NODELIST") or env.get("SLURM_NODELIST", "")
+    if "MASTER_ADDR" not in env:
+        env["MASTER_ADDR"] = _first_slurm_host(nodelist)
+    env.setdefault("MASTER_PORT", "29500")
+
+
 def init_runtime(config: CfgNode) -> Runtime:
-    """Join the process group torchrun describes, if any, and pick device and precision."""
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    """Join the process group torchrun (or srun) describes, if any, and pick device and precision."""
+    rank, world_size, local_rank = launcher_ranks()
     device = _pick_device(config, local_rank)
     if device.type == "cuda":
         torch.cuda.set_device(device)
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     if world_size > 1 and not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+        if "RANK" not in os.environ:
+            _slurm_rendezvous()
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo", rank=rank,
+                                world_size=world_size)
     return Runtime(device, rank, world_size, local_rank, _pick_amp_dtype(config, device))
 
 

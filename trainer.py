@@ -8,6 +8,7 @@ import logging
 import os
 import signal
 import time
+from typing import Optional
 
 import torch
 from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
@@ -15,15 +16,36 @@ from torch import nn
 from yacs.config import CfgNode
 
 import engine
-from checkpoint import load_pretrained, resume_training_state, save_training_state, training_state
+from checkpoint import (
+    ResumePoint,
+    load_model_weights,
+    load_pretrained,
+    load_weights,
+    read_resume_point,
+    restore_optimizer,
+    restore_scaler,
+    save_training_state,
+    training_state,
+)
 from data import LoaderBundle, build_loader
 from logger import MetricsWriter
 from lr_scheduler import build_scheduler, scale_lrs
 from models import build_model
 from models.summary import summarize
 from optimizer import build_optimizer
+from run_folder import (
+    ARRANGEMENT_KEYS,
+    RunLock,
+    check_folder_token,
+    describe_differences,
+    new_folder_token,
+    remove_folder_token,
+    remove_stale_temporaries,
+    settings_differences,
+    write_config,
+)
 from runtime import Runtime, wrap_model
-from utils import UserError, find_resume_checkpoint, prune_checkpoints, save_text
+from utils import UserError, find_resume_checkpoint, prune_checkpoints
 
 
 class Interrupted(Exception):
@@ -35,10 +57,17 @@ class Interrupted(Exception):
 
 
 class StopFlag:
-    """Records SIGTERM/SIGINT instead of dying, so training can save at the next optimizer step."""
+    """Records SIGTERM/SIGINT instead of dying, so training can save at the next optimizer step.
+
+    A second signal ends the process at once, unless it comes within `REPEAT_GRACE_S` of the
+    first: launchers forward one Ctrl-C or preemption as a second copy of the same signal.
+    """
+
+    REPEAT_GRACE_S = 2.0
 
     def __init__(self) -> None:
         self.signum = 0
+        self._first_at = 0.0
         self._previous: dict = {}
 
     def __enter__(self) -> "StopFlag":
@@ -51,14 +80,12 @@ class StopFlag:
             signal.signal(sig, handler)
 
     def _record(self, signum: int, _frame: object) -> None:
-        self.signum = signum
-
-    def on_any_rank(self, rt: Runtime) -> int:
-        """The signal number when any rank received one (0 otherwise), the same on every rank."""
-        if not rt.is_distributed:
-            return self.signum
-        raised = rt.all_reduce_sum(torch.tensor([float(self.signum)], device=rt.device))
-        return int(raised.item() and (self.signum or signal.SIGTERM))
+        now = time.monotonic()
+        if not self.signum:
+            self.signum, self._first_at = signum, now
+        elif now - self._first_at > self.REPEAT_GRACE_S:
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
 
 
 def build_criterion(config: CfgNode, has_mixup: bool) -> nn.Module:
@@ -105,7 +132,7 @@ def run_eval(config: CfgNode, rt: Runtime, logger: logging.Logger) -> dict:
     config = _with_num_classes(config, data.num_classes)
     _, bare = _build_model(config, rt, logger)
     if config.MODEL.RESUME:
-        resume_training_state(config.MODEL.RESUME, bare, None, None, None)
+        load_model_weights(config.MODEL.RESUME, bare)
     else:
         load_pretrained(bare, config.MODEL.PRETRAINED, logger)
     result = engine.validate(bare, data.loader_val, rt)
@@ -132,49 +159,118 @@ def _make_context(config: CfgNode, rt: Runtime, data: LoaderBundle, model: nn.Mo
 
 
 class Training:
-    """One training run: resume point, checkpoints, preemption and the epoch loop."""
+    """One training run: its folder, resume point, checkpoints, preemption and the epoch loop.
+
+    Start-up checks every input (folder lock, data, checkpoint, settings) before anything in the
+    run folder changes, and every rank stops together on a mistake any rank finds.
+    """
 
     def __init__(self, config: CfgNode, rt: Runtime, logger: logging.Logger) -> None:
+        self.config = config
         self.rt = rt
         self.logger = logger
-        self.data = build_loader(config, rt, logger)
-        self.config = _with_num_classes(config, self.data.num_classes)
-        self.model, self.bare = _build_model(self.config, rt, logger)
-        self.ctx = _make_context(self.config, rt, self.data, self.model, self.bare, logger)
-        if self.config.TRAIN.EMA_DECAY > 0:
-            self.ctx.ema = engine.ModelEma(self.bare, self.config.TRAIN.EMA_DECAY)
+        self.lock = RunLock(config.OUTPUT)
+        self.stop = StopFlag()
+        self.history: list[dict] = []
         self.max_accuracy = 0.0
         self.resumed_from = ""
-        self.stop = StopFlag()
+        self.differences: dict = {}
 
-    def restore(self) -> tuple[int, int]:
-        """Resume (explicit, else automatic from the output folder) or load pretrained weights.
+    def _setup(self) -> ResumePoint:
+        rt, config = self.rt, self.config
+        rt.agreed(lambda: self.lock.acquire() if rt.is_main else None)
+        if rt.is_distributed:
+            self._check_shared_folder()
+        self.data = rt.agreed(lambda: build_loader(config, rt, self.logger))
+        self.config = _with_num_classes(config, self.data.num_classes)
+        self.model, self.bare = _build_model(self.config, rt, self.logger)
+        self.ctx = _make_context(self.config, rt, self.data, self.model, self.bare, self.logger)
+        path = rt.broadcast_object(rt.agreed(self._choose_checkpoint))
+        return rt.agreed(lambda: self._restore(path))
 
-        Returns the epoch to run and how many of its batches are already done.
-        """
-        config, path = self.config, self.config.MODEL.RESUME
-        if not path and config.TRAIN.AUTO_RESUME:
-            path = find_resume_checkpoint(config.OUTPUT, self.logger) or ""
-            if path:
-                self.logger.info(f"auto-resume from {path}")
+    def _check_shared_folder(self) -> None:
+        """Every rank must write to the folder rank 0 writes to (a shared file system across nodes)."""
+        rt, folder = self.rt, self.config.OUTPUT
+        token = rt.broadcast_object(new_folder_token(folder) if rt.is_main else "")
+        try:
+            rt.agreed(lambda: check_folder_token(folder, token))
+        finally:
+            if rt.is_main:
+                remove_folder_token(folder, token)
+
+    def _choose_checkpoint(self) -> str:
+        """--resume, else (on rank 0, for every rank) the newest readable checkpoint of the output folder."""
+        config = self.config
+        if config.MODEL.RESUME or not config.TRAIN.AUTO_RESUME or not self.rt.is_main:
+            return config.MODEL.RESUME
+        path = find_resume_checkpoint(config.OUTPUT, self.logger) or ""
         if path:
-            progress = resume_training_state(path, self.bare, self.ctx.optimizer, self.ctx.scheduler, self.ctx.scaler,
-                                             self.ctx.ema.module if self.ctx.ema else None)
-            self.max_accuracy = progress.get("max_accuracy", 0.0)
-            self.resumed_from = path
-            epoch, batches = progress["resume_at"]
-            self.logger.info(f"resumed from {path}: epoch {epoch}, {batches} batches done")
-            return epoch, batches
-        if config.MODEL.PRETRAINED:
-            load_pretrained(self.bare, config.MODEL.PRETRAINED, self.logger)
-        return config.TRAIN.START_EPOCH, 0
+            self.logger.info(f"auto-resume from {path}")
+        return path
+
+    def _restore(self, path: str) -> ResumePoint:
+        """Weights, optimizer, scaler, EMA and RNG from `path`, or pretrained weights for a new run."""
+        config, ctx = self.config, self.ctx
+        if not path:
+            if config.MODEL.PRETRAINED:
+                load_pretrained(self.bare, config.MODEL.PRETRAINED, self.logger)
+            self._start_ema(None)
+            return ResumePoint("", config.TRAIN.START_EPOCH, 0)
+        payload = load_model_weights(path, self.bare)
+        point = read_resume_point(path, payload)
+        self.differences = (settings_differences(point.config_text, self.config, point.world_size,
+                                                 self.rt.world_size) if point.config_text else {})
+        self._check_resumable(point)
+        if "optimizer" in payload:
+            restore_optimizer(ctx.optimizer, payload, self.bare, path)
+            restore_scaler(ctx.scaler, payload)
+        self._start_ema(payload.get("model_ema"), path)
+        if len(point.rng) == self.rt.world_size:
+            self.rt.set_rng_state(point.rng[self.rt.rank])
+        elif point.rng:
+            self.logger.warning(f"{path} holds the random states of {len(point.rng)} processes, not "
+                                f"{self.rt.world_size}: this run draws from SEED + rank instead")
+        self.history, self.max_accuracy, self.resumed_from = point.history, point.max_accuracy, path
+        total = len(self.data.loader_train)
+        done = point.epoch * total + point.batches
+        if done:
+            ctx.scheduler.step_update((done - 1) // config.TRAIN.ACCUMULATION_STEPS)
+        self.logger.info(f"resumed from {path}: epoch {point.epoch}, {point.batches} batches done")
+        return point
+
+    def _check_resumable(self, point: ResumePoint) -> None:
+        """Refuse a silent change of settings; continue an explicit --resume under the new ones."""
+        changed, config = self.differences, self.config
+        if not changed:
+            return
+        listed = describe_differences(changed)
+        if not config.MODEL.RESUME:
+            raise UserError(f"output folder {config.OUTPUT} holds a run trained with other settings ({listed}); "
+                            f"to continue it under the new settings pass --resume {point.path}, or start a new run "
+                            "with another --tag")
+        moved = {k: v for k, v in changed.items() if k in ARRANGEMENT_KEYS or k == "processes"}
+        if point.batches and moved:
+            raise UserError(f"checkpoint {point.path} was written inside epoch {point.epoch}, and "
+                            f"{describe_differences(moved)} change which images its remaining steps hold; resume from "
+                            f"ckpt_epoch_{point.epoch - 1}.pth, the end of the previous epoch, or keep those settings")
+        self.logger.warning(f"continuing {point.path} under changed settings ({describe_differences(changed, 99)}); "
+                            f"the schedule is rebuilt for them from epoch {point.epoch}, step {point.batches}")
+
+    def _start_ema(self, state: Optional[dict], path: str = "") -> None:
+        """The EMA starts from the weights training starts from (pretrained or resumed), or from its saved state."""
+        if self.config.TRAIN.EMA_DECAY > 0:
+            self.ctx.ema = engine.ModelEma(self.bare, self.config.TRAIN.EMA_DECAY)
+            if state is not None:
+                load_weights(self.ctx.ema.module, state, path, "its EMA weights are from another model")
 
     def save(self, epoch: int, batches: int, is_best: bool = False) -> str:
-        """Checkpoint on rank 0 at (epoch to run, batches of it done); every rank waits for it."""
+        """Checkpoint on rank 0 at (epoch to run, batches of it done), with every rank's RNG; all ranks wait for it."""
+        rng = self.rt.all_gather_object(self.rt.rng_state())
         path = ""
         if self.rt.is_main:
             progress = {"epoch": epoch - 1, "resume_at": [epoch, batches], "max_accuracy": self.max_accuracy,
-                        "class_names": self.data.class_names}
+                        "class_names": self.data.class_names, "rng": rng, "world_size": self.rt.world_size,
+                        "metrics_history": self.history, "epoch_totals": dict(self.ctx.totals) if batches else {}}
             state = training_state(self.bare, self.ctx.optimizer, self.ctx.scheduler, self.ctx.scaler, progress,
                                    self.config)
             if self.ctx.ema is not None:
@@ -186,39 +282,60 @@ class Training:
         self.rt.barrier()
         return path
 
-    def after_step(self, epoch: int, batches: int) -> None:
+    def after_step(self, epoch: int, batches: int, signum: int) -> None:
         """Save inside the epoch every TRAIN.SAVE_STEPS steps, or on a signal and then stop with Interrupted."""
-        signum = self.stop.on_any_rank(self.rt)
         every = self.config.TRAIN.SAVE_STEPS
         if signum or (every and (batches // self.config.TRAIN.ACCUMULATION_STEPS) % every == 0):
             path = self.save(epoch, batches)
             if signum:
                 raise Interrupted(signum, path or "a checkpoint (rank 0)")
 
-    def run(self) -> dict:
-        start_epoch, start_batch = self.restore()
+    def _prepare_folder(self, point: ResumePoint) -> MetricsWriter:
+        """The run folder's writes, after every check passed: stale temporaries, config.yaml, metrics."""
+        folder = self.config.OUTPUT
         if self.rt.is_main:
-            save_text(self.config.dump(), os.path.join(self.config.OUTPUT, "config.yaml"))
-        self.ctx.step_hook = self.after_step
-        metrics = MetricsWriter(self.config.OUTPUT, self.rt.is_main)
-        self.ctx.metrics = metrics
+            for stale in remove_stale_temporaries(folder):
+                self.logger.info(f"removed {stale}, left by a run killed while saving")
+            write_config(folder, self.config, point.epoch, self.differences)
+        metrics = MetricsWriter(folder, self.rt.is_main, purge_step=point.epoch * len(self.data.loader_train)
+                                + point.batches + 1, purge_epoch=point.epoch)
+        metrics.rewrite(self.history)
+        return metrics
+
+    def run(self) -> dict:
+        try:
+            point = self._setup()
+            if point.epoch >= self.config.TRAIN.EPOCHS:
+                self.logger.info(f"run {self.config.OUTPUT} is finished: {point.epoch} epochs, best val top-1 "
+                                 f"{self.max_accuracy:.2f}%; to train longer, pass --resume {point.path} with a "
+                                 "larger TRAIN.EPOCHS")
+                return {"max_accuracy": self.max_accuracy}
+            return self._train(point)
+        finally:
+            self.lock.release()
+
+    def _train(self, point: ResumePoint) -> dict:
+        metrics = self.rt.agreed(lambda: self._prepare_folder(point))
+        self.ctx.metrics, self.ctx.step_hook = metrics, self.after_step
+        self.ctx.stop_signal = lambda: self.stop.signum
         result: dict = {"max_accuracy": self.max_accuracy}
         started = time.time()
         try:
             with self.stop:
-                for epoch in range(start_epoch, self.config.TRAIN.EPOCHS):
-                    result = self._epoch(epoch, start_batch if epoch == start_epoch else 0)
+                for epoch in range(point.epoch, self.config.TRAIN.EPOCHS):
+                    resumed = epoch == point.epoch
+                    result = self._epoch(epoch, point.batches if resumed else 0, point.totals if resumed else None)
                     metrics.epoch(result)
         finally:
             metrics.close()
         self.logger.info(f"training took {time.time() - started:.0f}s; best val top-1 {self.max_accuracy:.2f}%")
         return result
 
-    def _epoch(self, epoch: int, start_batch: int) -> dict:
+    def _epoch(self, epoch: int, start_batch: int, totals: Optional[dict]) -> dict:
         sampler = self.data.loader_train.sampler
         sampler.set_epoch(epoch)
         sampler.skip_next(start_batch * self.config.DATA.BATCH_SIZE)
-        train_stats = engine.train_one_epoch(self.ctx, self.data.loader_train, epoch, start_batch)
+        train_stats = engine.train_one_epoch(self.ctx, self.data.loader_train, epoch, start_batch, totals)
         # The bare model: DDP's forward may talk to the other ranks, and a rank can have no validation images.
         val_stats = engine.validate(self.bare, self.data.loader_val, self.rt)
         is_best = val_stats["top1"] >= self.max_accuracy
@@ -229,10 +346,12 @@ class Training:
             ema_stats = engine.validate(self.ctx.ema.module, self.data.loader_val, self.rt)
             self.logger.info(f"epoch {epoch}: EMA val top-1 {ema_stats['top1']:.2f}% loss {ema_stats['loss']:.4f}")
             val_stats.update(ema_top1=ema_stats["top1"], ema_loss=ema_stats["loss"])
+        record = {"epoch": epoch, **train_stats, **{f"val_{k}": v for k, v in val_stats.items()},
+                  "max_accuracy": self.max_accuracy}
+        self.history.append(record)
         if epoch % self.config.SAVE_FREQ == 0 or epoch == self.config.TRAIN.EPOCHS - 1:
             self.save(epoch + 1, 0, is_best)
-        return {"epoch": epoch, **train_stats, **{f"val_{k}": v for k, v in val_stats.items()},
-                "max_accuracy": self.max_accuracy}
+        return record
 
 
 def run_training(config: CfgNode, rt: Runtime, logger: logging.Logger) -> dict:

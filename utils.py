@@ -1,4 +1,4 @@
-"""User errors, atomic checkpoint I/O, auto-resume, seeding and running averages.
+"""User errors, atomic checkpoint I/O, auto-resume and seeding.
 
 `main()` catches `UserError`, prints `error: <message>` on stderr and exits with code 2;
 everything else is a bug and keeps its traceback.
@@ -34,17 +34,19 @@ class CheckpointError(UserError):
     """A checkpoint file that is missing, unreadable or does not fit the model."""
 
 
-def report_user_error(err: UserError) -> int:
-    """Print `err` as one `error: ...` line on stderr and return the exit code for user mistakes, 2.
+def report_user_error(err: UserError, show: bool = True) -> int:
+    """Print `err` as one `error: ...` line on stderr (when `show`) and return the exit code for user mistakes, 2.
 
     A DataLoader worker re-raises errors with its traceback in the message; only the last line is kept.
+    Under several processes only rank 0 shows the line, so the user reads it once.
     """
     lines = str(err).strip().splitlines()
     if len(lines) > 1 and "Traceback" in str(err):
         message = lines[-1].split(": ", 1)[-1]
     else:
         message = " ".join(lines)
-    print(f"error: {message}", file=sys.stderr)
+    if show:
+        print(f"error: {message}", file=sys.stderr)
     return 2
 
 
@@ -150,49 +152,8 @@ def prune_checkpoints(output_dir: str, keep: int, protected: tuple[str, ...], lo
             logger.info(f"removed old checkpoint {path}")
 
 
-def rng_state() -> dict:
-    """Every random generator the training loop draws from, in types `weights_only` loading accepts."""
-    state = {
-        "python": random.getstate(),
-        "numpy": [v.tolist() if isinstance(v, np.ndarray) else v for v in np.random.get_state()],
-        "torch": torch.get_rng_state(),
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict) -> None:
-    """Restore what `rng_state` saved."""
-    version, *rest = state["python"]
-    random.setstate((version, tuple(rest[0]), *rest[1:]))
-    name, keys, *rest = state["numpy"]
-    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), *rest))
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
 def seed_everything(seed: int) -> None:
     """Seed Python, NumPy and torch, so runs with the same seed draw the same numbers."""
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-
-
-class AverageMeter:
-    """Running sum, count and mean of a scalar, weighted by batch size."""
-
-    def __init__(self) -> None:
-        self.val = 0.0
-        self.sum = 0.0
-        self.count = 0
-
-    def update(self, val: float, n: int = 1) -> None:
-        self.val = val
-        self.sum += val * n
-        self.count += n
-
-    @property
-    def avg(self) -> float:
-        return self.sum / max(self.count, 1)

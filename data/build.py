@@ -1,7 +1,10 @@
 """Build datasets, samplers, loaders and the mixup function from a config."""
 
+import atexit
 import logging
 import os
+import signal
+import weakref
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
@@ -13,6 +16,7 @@ from yacs.config import CfgNode
 
 from data.datasets import DigitsDataset, FakeDataset, ImageFolderDataset, ZipMapDataset
 from data.samplers import ExactShardSampler, ResumableSampler, ShardRandomSampler
+from data.seeding import SeededSamples
 from data.transforms import build_transform
 from runtime import Runtime
 from utils import DataError
@@ -52,6 +56,31 @@ class SkipUndecodable(Dataset):
         except DataError as err:
             self.logger.warning(f"skipped: {err}")
             return None
+
+
+def ignore_stop_signals(_worker_id: int) -> None:
+    """Loader workers ignore SIGTERM and SIGINT: launchers (torchrun, SLURM, a terminal's Ctrl-C) signal every
+    process of the job, and the training process, which saves a checkpoint first, ends its workers itself."""
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, signal.SIG_IGN)
+
+
+_LOADERS_WITH_WORKERS: "weakref.WeakSet[DataLoader]" = weakref.WeakSet()
+
+
+def _shut_down_workers() -> None:
+    """At exit, end every loader's workers through the loader. They ignore SIGTERM, so multiprocessing's own
+    exit-time terminate() of leftover children would wait for them forever."""
+    for loader in list(_LOADERS_WITH_WORKERS):
+        iterator = getattr(loader, "_iterator", None)
+        if iterator is not None and hasattr(iterator, "_shutdown_workers"):
+            iterator._shutdown_workers()
+
+
+def _track_workers(*loaders: DataLoader) -> None:
+    _LOADERS_WITH_WORKERS.update(loader for loader in loaders if loader.num_workers > 0)
+    atexit.unregister(_shut_down_workers)
+    atexit.register(_shut_down_workers)  # after multiprocessing's own exit hook, so it runs before it
 
 
 def collate_skipping_none(batch: list) -> Any:
@@ -125,14 +154,16 @@ def build_loader(config: CfgNode, rt: Runtime, logger: Optional[logging.Logger] 
                         f"{config.DATA.BATCH_SIZE} per process; lower --batch-size")
     skip = config.DATA.DECODE_ERRORS == "skip"
     common = dict(num_workers=config.DATA.NUM_WORKERS, pin_memory=config.DATA.PIN_MEMORY and rt.device.type == "cuda",
-                  persistent_workers=config.DATA.NUM_WORKERS > 0)
-    # A generator of its own keeps loader start-up from drawing on the global RNG, so a run resumed
-    # inside an epoch continues the same random stream as an uninterrupted one.
-    loader_train = DataLoader(SkipUndecodable(train, logger) if skip else train, batch_size=config.DATA.BATCH_SIZE,
-                              sampler=sampler, drop_last=True,
+                  persistent_workers=config.DATA.NUM_WORKERS > 0, worker_init_fn=ignore_stop_signals)
+    # Each sample's augmentation is seeded from (SEED, epoch, index): the same whatever the number of
+    # workers or processes, so a resumed run draws what an uninterrupted one would have drawn. The loader's
+    # own generator keeps its start-up from drawing on the global RNG that Mixup and drop path use.
+    samples = SeededSamples(SkipUndecodable(train, logger) if skip else train, config.SEED)
+    loader_train = DataLoader(samples, batch_size=config.DATA.BATCH_SIZE, sampler=sampler, drop_last=True,
                               collate_fn=collate_skipping_none if skip else default_collate,
                               generator=torch.Generator().manual_seed(config.SEED + rt.rank), **common)
     loader_val = DataLoader(val, batch_size=config.DATA.BATCH_SIZE,
                             sampler=ExactShardSampler(len(val), rt.rank, rt.world_size), drop_last=False, **common)
+    _track_workers(loader_train, loader_val)
     return LoaderBundle(train, val, loader_train, loader_val, build_mixup(config, num_classes), num_classes,
                         list(train.classes))

@@ -47,26 +47,31 @@ class ShardRandomSampler(Sampler[int]):
         return len(self.indices)
 
 
-class ResumableSampler(Sampler[int]):
-    """Wraps a training sampler so that one pass can start part-way, for resuming inside an epoch.
+class ResumableSampler(Sampler[tuple[int, int]]):
+    """Wraps a training sampler: yields (epoch, index) keys, and one pass can start part-way.
 
-    `skip_next(n)` drops the first n indices of the next pass only; the order is the wrapped
-    sampler's, so the remaining batches are exactly those the interrupted run had left.
+    The epoch travels with each index so that `SeededSamples` can draw a sample's augmentation
+    from (seed, epoch, index) alone, in whichever worker loads it. `skip_next(n)` drops the first
+    n indices of the next pass only; the order is the wrapped sampler's, so the remaining batches
+    are exactly those the interrupted run had left.
     """
 
     def __init__(self, sampler: Sampler[int]) -> None:
         self.sampler = sampler
+        self.epoch = 0
         self.skip = 0
 
     def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
         self.sampler.set_epoch(epoch)
 
     def skip_next(self, count: int) -> None:
         self.skip = count
 
-    def __iter__(self) -> Iterator[int]:
+    def __iter__(self) -> Iterator[tuple[int, int]]:
         skip, self.skip = self.skip, 0
-        return itertools.islice(iter(self.sampler), skip, None)
+        epoch = self.epoch
+        return ((epoch, index) for index in itertools.islice(iter(self.sampler), skip, None))
 
     def __len__(self) -> int:
         return max(len(self.sampler) - self.skip, 0)

@@ -1,6 +1,7 @@
 """Shared fixtures: paths, the tiny config and a way to run main.py as a user would."""
 
 import os
+import re
 import subprocess
 import sys
 
@@ -34,3 +35,14 @@ def assert_user_error(result: subprocess.CompletedProcess, *fragments: str) -> N
 def requires_dataset(name: str):
     return pytest.mark.skipif(not os.path.isdir(os.path.join(DATASETS, name)),
                               reason=f"../shared/datasets/{name} is not beside this checkout")
+
+
+def assert_torchrun_user_error(result: subprocess.CompletedProcess, *fragments: str) -> None:
+    """Under torchrun: exactly one `error: ...` line (rank 0's) naming every fragment, and exit code 2 from every
+    rank (torchrun itself exits with 1 and reports the ranks' codes)."""
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert result.returncode != 0 and len(errors) == 1, result.stderr[-3000:]
+    codes = re.findall(r"exitcode\s*:\s*(-?\d+)", result.stderr)
+    assert codes and set(codes) == {"2"}, result.stderr[-3000:]
+    for fragment in fragments:
+        assert fragment in errors[0], errors[0]

@@ -46,11 +46,11 @@ def test_training_writes_checkpoints_metrics_and_config(trained):
     lines = [json.loads(line) for line in open(os.path.join(folder, "metrics.jsonl"))]
     assert [line["epoch"] for line in lines] == [0, 1]
     assert lines[1]["train_loss"] < lines[0]["train_loss"] and lines[1]["val_loss"] < lines[0]["val_loss"]
-    events = EventAccumulator(os.path.join(folder, "tensorboard"))
-    events.Reload()
-    tags = set(events.Tags()["scalars"])
-    assert {"train/loss", "train/lr", "train/grad_norm", "epoch/val_top1", "epoch/train_loss"} <= tags
-    assert [e.step for e in events.Scalars("epoch/val_top1")] == [0, 1]
+    train_events = EventAccumulator(os.path.join(folder, "tensorboard", "train")).Reload()
+    epoch_events = EventAccumulator(os.path.join(folder, "tensorboard", "epoch")).Reload()
+    assert {"train/loss", "train/lr", "train/grad_norm"} <= set(train_events.Tags()["scalars"])
+    assert {"epoch/val_top1", "epoch/train_loss"} <= set(epoch_events.Tags()["scalars"])
+    assert [e.step for e in epoch_events.Scalars("epoch/val_top1")] == [0, 1]
 
 
 def test_demo_learns_the_digits_within_a_few_epochs(tmp_path):

@@ -1,0 +1,141 @@
+"""The output folder of a training run: one run at a time, shared by every node, and its records kept true.
+
+A run holds an exclusive lock on its output folder for its lifetime; the kernel drops it when
+the process dies, so a killed run never leaves a stale lock behind. A rerun compares the
+settings stored in the checkpoint with its own before anything in the folder changes.
+"""
+
+import fcntl
+import glob
+import os
+import uuid
+from typing import Any, Optional
+
+import yaml
+from yacs.config import CfgNode
+
+from utils import ConfigError, save_text
+
+# Keys that change how a run is executed or recorded, not what it trains; a rerun may change them freely.
+_FREE_KEYS = {
+    "OUTPUT", "TAG", "PRINT_FREQ", "SAVE_FREQ", "TRAIN.SAVE_STEPS", "TRAIN.KEEP_CHECKPOINTS", "TRAIN.AUTO_RESUME",
+    "TRAIN.MAX_NONFINITE", "TRAIN.USE_CHECKPOINT", "MODEL.RESUME", "MODEL.PRETRAINED", "MODEL.ATTN_IMPL",
+    "DATA.NUM_WORKERS", "DATA.PIN_MEMORY", "DATA.DECODE_ERRORS", "DEVICE", "AMP_ENABLE", "AMP_DTYPE", "ENABLE_AMP",
+    "AMP_OPT_LEVEL", "COMPILE", "EVAL_MODE", "THROUGHPUT_MODE", "LOCAL_RANK", "FUSED_WINDOW_PROCESS",
+    "FUSED_LAYERNORM", "TEST.CROP", "TEST.SEQUENTIAL", "TEST.SHUFFLE",
+}
+# Keys that decide which images make up each step: a checkpoint written inside an epoch resumes only with them equal.
+ARRANGEMENT_KEYS = ("DATA.BATCH_SIZE", "TRAIN.ACCUMULATION_STEPS", "DATA.ZIP_MODE", "DATA.CACHE_MODE", "SEED")
+
+
+def _flatten(node: Any, prefix: str = "") -> dict:
+    if isinstance(node, dict):
+        items: dict = {}
+        for key, value in node.items():
+            items.update(_flatten(value, f"{prefix}{key}."))
+        return items
+    return {prefix[:-1]: list(node) if isinstance(node, (list, tuple)) else node}
+
+
+def settings_differences(stored_text: str, config: CfgNode, stored_world: int, world_size: int) -> dict:
+    """`{key: (stored, current)}` for the training settings that differ; `processes` stands for the world size."""
+    try:
+        stored = _flatten(yaml.safe_load(stored_text) or {})
+    except yaml.YAMLError:
+        stored = {}
+    current = _flatten(config)
+    differences = {key: (stored.get(key), value) for key, value in current.items()
+                   if key not in _FREE_KEYS and key in stored and stored[key] != value}
+    if stored_world and stored_world != world_size:
+        differences["processes"] = (stored_world, world_size)
+    return differences
+
+
+def describe_differences(differences: dict, limit: int = 4) -> str:
+    shown = [f"{key} {old} -> {new}" for key, (old, new) in list(differences.items())[:limit]]
+    more = len(differences) - limit
+    return ", ".join(shown) + (f" and {more} more" if more > 0 else "")
+
+
+def _holder_pid(path: str) -> Optional[int]:
+    """The process holding a flock on `path`, from /proc/locks (None where that cannot be read)."""
+    try:
+        inode = os.stat(path).st_ino
+        with open("/proc/locks", encoding="ascii") as f:
+            for line in f:
+                fields = line.split()
+                if len(fields) > 5 and fields[1] == "FLOCK" and fields[5].split(":")[-1] == str(inode):
+                    return int(fields[4])
+    except (OSError, ValueError):
+        return None
+    return None
+
+
+class RunLock:
+    """An exclusive lock on the run folder itself (no file is written), held until `release` or the process dies."""
+
+    def __init__(self, folder: str) -> None:
+        self.folder = folder
+        self._fd: Optional[int] = None
+
+    def acquire(self) -> None:
+        try:
+            os.makedirs(self.folder, exist_ok=True)
+            fd = os.open(self.folder, os.O_RDONLY | os.O_DIRECTORY)
+        except OSError as err:
+            raise ConfigError(f"output folder {self.folder} cannot be created or opened ({err.strerror}); "
+                              "pass an --output folder you can write to") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            pid = _holder_pid(self.folder)
+            holder = f"process {pid}" if pid else "another process"
+            raise ConfigError(f"output folder {self.folder} is in use by a running training run ({holder}); wait "
+                              "for it to end, or pass another --tag or --output") from None
+        except OSError:
+            pass  # a file system without flock on folders: concurrent runs go undetected, as in the reference code
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
+def new_folder_token(folder: str) -> str:
+    """Write a token file that every rank must see in its output folder; returns its name."""
+    name = f".shared-check-{uuid.uuid4().hex}"
+    with open(os.path.join(folder, name), "w", encoding="ascii"):
+        pass
+    return name
+
+
+def check_folder_token(folder: str, name: str) -> None:
+    if not os.path.exists(os.path.join(folder, name)):
+        raise ConfigError(f"output folder {folder} is not the one rank 0 writes to: checkpoints are written once, "
+                          "by rank 0, so every node must see the same folder; put --output on a file system shared "
+                          "by all nodes")
+
+
+def remove_folder_token(folder: str, name: str) -> None:
+    try:
+        os.remove(os.path.join(folder, name))
+    except FileNotFoundError:
+        pass
+
+
+def remove_stale_temporaries(folder: str) -> list[str]:
+    """Delete the `*.tmp.<pid>` files that a run killed while saving left behind; returns their paths."""
+    stale = glob.glob(os.path.join(folder, "*.tmp.*"))
+    for path in stale:
+        os.remove(path)
+    return stale
+
+
+def write_config(folder: str, config: CfgNode, resumed_epoch: int, differences: dict) -> None:
+    """`config.yaml` as the config training continues with; a config it replaces is kept beside it."""
+    path = os.path.join(folder, "config.yaml")
+    if differences and os.path.exists(path):
+        os.replace(path, os.path.join(folder, f"config_until_epoch_{resumed_epoch}.yaml"))
+    save_text(config.dump(), path)

@@ -1,0 +1,101 @@
+"""Restoring optimizer, loss scaler and weights from checkpoints written elsewhere: another device, precision,
+optimizer kernel or module order."""
+
+import pytest
+import torch
+from conftest import TINY_CFG
+
+from checkpoint import load_weights, optimizer_param_names, restore_optimizer, restore_scaler
+from config import load_config
+from models import build_model
+from optimizer import build_optimizer
+from utils import CheckpointError
+
+
+def tiny_model(*opts: str) -> torch.nn.Module:
+    torch.manual_seed(0)
+    return build_model(load_config(TINY_CFG, opts))
+
+
+def stepped_optimizer(model: torch.nn.Module, fused: bool, name: str = "adamw") -> torch.optim.Optimizer:
+    config = load_config(TINY_CFG, ("TRAIN.OPTIMIZER.NAME", repr(name)))
+    optimizer = build_optimizer(config, model, 1e-3, fused=fused)
+    model(torch.randn(2, 3, 32, 32)).sum().backward()
+    optimizer.step()
+    return optimizer
+
+
+def test_a_non_fused_state_resumed_into_a_fused_optimizer_keeps_it_fused():
+    """A CPU run (foreach kernels) resumed on a GPU (fused AdamW): the flags must stay those of this run."""
+    model = tiny_model()
+    saved = {"optimizer": stepped_optimizer(model, fused=False).state_dict()}
+    target = build_optimizer(load_config(TINY_CFG), model, 1e-3, fused=True)
+    restore_optimizer(target, saved, model, "ckpt.pth")
+    assert all(group["fused"] is True and not group["foreach"] for group in target.param_groups)
+    model(torch.randn(2, 3, 32, 32)).sum().backward()
+    target.step()
+    assert int(target.state[target.param_groups[0]["params"][0]]["step"]) == 2
+
+
+def test_optimizer_state_follows_parameter_names_not_positions():
+    """A checkpoint whose optimizer listed its parameters in another order lands on the right tensors."""
+    model = tiny_model()
+    optimizer = stepped_optimizer(model, fused=False)
+    state = optimizer.state_dict()
+    names = optimizer_param_names(model, optimizer)
+    order = list(reversed(range(len(names))))  # the same state, numbered backwards
+    shuffled = {"state": {order.index(i): v for i, v in state["state"].items()},
+                "param_groups": [{**g, "params": [order.index(i) for i in g["params"]]}
+                                 for g in state["param_groups"]]}
+    payload = {"optimizer": shuffled, "optimizer_param_names": [names[order[j]] for j in range(len(names))]}
+    target = build_optimizer(load_config(TINY_CFG), model, 1e-3, fused=False)
+    restore_optimizer(target, payload, model, "ckpt.pth")
+    for name, param in model.named_parameters():
+        torch.testing.assert_close(target.state[param]["exp_avg"], optimizer.state[param]["exp_avg"], msg=name)
+
+
+def test_optimizer_state_for_another_model_is_a_user_error():
+    saved = {"optimizer": stepped_optimizer(tiny_model(), fused=False).state_dict()}
+    other = tiny_model("MODEL.SWIN.DEPTHS", "[1, 1]")
+    with pytest.raises(CheckpointError, match="optimizer state for other parameters"):
+        restore_optimizer(build_optimizer(load_config(TINY_CFG), other, 1e-3, fused=False), saved, other, "x.pth")
+
+
+@pytest.mark.parametrize("saved", [{}, {"scaler": {}}, {"scaler": None}], ids=["absent", "empty", "none"])
+def test_an_fp16_run_resumes_checkpoints_without_a_loss_scale(saved):
+    """Reference, bf16 and fp32 checkpoints carry no (or an empty) scaler state."""
+    scaler = torch.amp.GradScaler("cpu", enabled=True, init_scale=1024.0)
+    restore_scaler(scaler, saved)
+    assert scaler.get_scale() == 1024.0
+
+
+def test_an_fp16_run_restores_its_loss_scale_and_others_ignore_it():
+    source = torch.amp.GradScaler("cpu", enabled=True, init_scale=512.0)
+    target = torch.amp.GradScaler("cpu", enabled=True, init_scale=1024.0)
+    restore_scaler(target, {"scaler": source.state_dict()})
+    assert target.get_scale() == 512.0
+    disabled = torch.amp.GradScaler("cpu", enabled=False)
+    restore_scaler(disabled, {"scaler": source.state_dict()})
+    assert not disabled.is_enabled()
+
+
+def test_non_finite_weights_are_an_error_naming_the_tensor():
+    model = tiny_model()
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    state["layers.1.blocks.0.mlp.fc1.weight"][0, 0] = float("nan")
+    with pytest.raises(CheckpointError, match=r"non-finite values in layers\.1\.blocks\.0\.mlp\.fc1\.weight"):
+        load_weights(model, state, "diverged.pth", "")
+
+
+def test_swinv2_registers_parameters_in_the_reference_order():
+    """Reference optimizer states are matched by position: our V2 block must list its tensors as the reference's
+    (norm1, attn, norm2, mlp), written out here from the reference module layout."""
+    config = load_config(TINY_CFG, ("MODEL.TYPE", "'swinv2'", "MODEL.SWINV2.EMBED_DIM", "16", "MODEL.SWINV2.DEPTHS",
+                                    "[2, 2]", "MODEL.SWINV2.NUM_HEADS", "[2, 4]", "MODEL.SWINV2.WINDOW_SIZE", "4"))
+    names = [n for n, _ in build_model(config).named_parameters() if n.startswith("layers.0.blocks.0.")]
+    block = "layers.0.blocks.0."
+    expected = ["norm1.weight", "norm1.bias", "attn.logit_scale", "attn.q_bias", "attn.v_bias",
+                "attn.cpb_mlp.0.weight", "attn.cpb_mlp.0.bias", "attn.cpb_mlp.2.weight", "attn.qkv.weight",
+                "attn.proj.weight", "attn.proj.bias", "norm2.weight", "norm2.bias", "mlp.fc1.weight", "mlp.fc1.bias",
+                "mlp.fc2.weight", "mlp.fc2.bias"]
+    assert names == [block + n for n in expected]

@@ -1,0 +1,108 @@
+"""The training step's handling of non-finite values and loss scaling, through the real engine on CPU.
+
+The fp16 paths run on CUDA in practice; the optimizer and scaler code is the same on CPU, so
+these tests exercise it there with a CPU GradScaler.
+"""
+
+import json
+import logging
+
+import torch
+from timm.scheduler import StepLRScheduler
+
+import engine
+from logger import MetricsWriter
+from runtime import Runtime
+
+
+class Scripted(torch.nn.Module):
+    """A linear classifier whose loss (forward) or gradient (backward) is non-finite on the listed calls."""
+
+    def __init__(self, nan_outputs: set = frozenset(), inf_grads: set = frozenset()) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.linear = torch.nn.Linear(4, 3)
+        self.nan_outputs, self.inf_grads = nan_outputs, inf_grads
+        self.calls = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        out = self.linear(x)
+        if self.calls in self.inf_grads:
+            out.register_hook(lambda grad: grad * float("inf"))
+        return out * float("nan") if self.calls in self.nan_outputs else out
+
+
+def context(model: torch.nn.Module, optimizer: torch.optim.Optimizer, accumulation: int = 1,
+            fp16_scaler: bool = False, ema: bool = False) -> engine.TrainContext:
+    rt = Runtime(torch.device("cpu"))
+    scaler = torch.amp.GradScaler("cpu", enabled=fp16_scaler, init_scale=2.0**10)
+    ctx = engine.TrainContext(model=model, criterion=torch.nn.CrossEntropyLoss(), optimizer=optimizer,
+                              scheduler=StepLRScheduler(optimizer, decay_t=100, t_in_epochs=False), scaler=scaler,
+                              rt=rt, logger=logging.getLogger("test"), accumulation_steps=accumulation,
+                              max_nonfinite=5)
+    if ema:
+        ctx.ema = engine.ModelEma(model, 0.5)
+    return ctx
+
+
+def batches(count: int) -> list:
+    generator = torch.Generator().manual_seed(1)
+    return [(torch.randn(4, 4, generator=generator), torch.tensor([0, 1, 2, 0])) for _ in range(count)]
+
+
+def test_a_non_finite_loss_early_in_an_accumulation_window_skips_the_whole_window():
+    model = Scripted(nan_outputs={1})
+    ctx = context(model, torch.optim.SGD(model.parameters(), lr=0.1), accumulation=2, ema=True)
+    before = model.linear.weight.detach().clone()
+    stats = engine.train_one_epoch(ctx, batches(2), epoch=0)
+    assert stats["skipped_steps"] == 1.0
+    assert torch.equal(model.linear.weight, before) and torch.equal(ctx.ema.module.linear.weight, before)
+    with torch.no_grad():
+        finite_loss = torch.nn.functional.cross_entropy(Scripted().linear(batches(2)[1][0]), batches(2)[1][1])
+    assert stats["train_loss"] == float(finite_loss)  # the finite batch only
+
+
+def test_fused_sgd_with_a_loss_scaler_skips_an_overflowing_first_step_cleanly():
+    """An fp16 overflow on the first step must leave no uninitialised momentum behind."""
+    model = Scripted(inf_grads={1})
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, nesterov=True, fused=True)
+    ctx = context(model, optimizer, fp16_scaler=True)
+    before = model.linear.weight.detach().clone()
+    data = batches(2)
+    stats = engine.train_one_epoch(ctx, data, epoch=0)
+    assert stats["skipped_steps"] == 1.0 and ctx.scaler.get_scale() == 2.0**9
+    reference = Scripted()
+    reference.linear.weight.data.copy_(before)
+    plain = torch.optim.SGD(reference.parameters(), lr=0.1, momentum=0.9, nesterov=True)
+    torch.nn.functional.cross_entropy(reference(data[1][0]), data[1][1]).backward()
+    plain.step()
+    torch.testing.assert_close(model.linear.weight, reference.linear.weight)
+
+
+def test_skipped_steps_keep_epoch_figures_finite_and_metrics_strict_json(tmp_path):
+    model = Scripted(nan_outputs={2})
+    ctx = context(model, torch.optim.SGD(model.parameters(), lr=0.1))
+    stats = engine.train_one_epoch(ctx, batches(3), epoch=0)
+    assert all(value == value and abs(value) != float("inf") for value in stats.values())
+    writer = MetricsWriter(str(tmp_path), enabled=True)
+    writer.epoch({"epoch": 0, **stats, "val_loss": float("inf"), "val_top1": float("nan")})
+    writer.close()
+    line = json.loads((tmp_path / "metrics.jsonl").read_text(), parse_constant=lambda c: 1 / 0)
+    assert line["val_loss"] is None and line["val_top1"] is None and line["train_loss"] == stats["train_loss"]
+
+
+def test_a_resumed_epoch_reports_the_whole_epoch():
+    data = batches(4)
+    whole = engine.train_one_epoch(_ctx(), data, epoch=0)
+    first = _ctx()
+    engine.train_one_epoch(first, data[:2], epoch=0)
+    second = _ctx(first.model)
+    resumed = engine.train_one_epoch(second, data[2:], epoch=0, start_batch=2, totals=dict(first.totals))
+    for key in ("train_loss", "grad_norm", "skipped_steps"):
+        assert resumed[key] == whole[key], key
+
+
+def _ctx(model: torch.nn.Module = None) -> engine.TrainContext:
+    model = model or Scripted()
+    return context(model, torch.optim.SGD(model.parameters(), lr=0.1))

@@ -1,0 +1,286 @@
+"""A resumed run is the run that would have happened: workers, ranks, launchers, changed settings, two runs.
+
+The runs here use the paper's augmentation (RandAugment, colour jitter, random erasing,
+Mixup/CutMix, drop path) with DataLoader workers, on the built-in digits.
+"""
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+
+import pytest
+import torch
+from conftest import ROOT, TINY_CFG, assert_torchrun_user_error, assert_user_error
+
+PAPER_RECIPE = ("DATA.DATASET", "digits", "DATA.BATCH_SIZE", "32", "DATA.NUM_WORKERS", "2", "TRAIN.EPOCHS", "2",
+                "AUG.AUTO_AUGMENT", "'rand-m9-mstd0.5-inc1'", "AUG.COLOR_JITTER", "0.4", "AUG.REPROB", "0.25",
+                "AUG.MIXUP", "0.8", "AUG.CUTMIX", "1.0", "MODEL.DROP_PATH_RATE", "0.2", "PRINT_FREQ", "1")
+# Figures that depend on the machine's speed, not on what was trained.
+TIMINGS = ("train_img_s",)
+
+
+def run_dir(output) -> str:
+    return os.path.join(str(output), "swin_tiny_test", "default")
+
+
+def command(output, *opts: str, launcher: tuple = (), flags: tuple = ()) -> list:
+    return [sys.executable, *launcher, os.path.join(ROOT, "main.py"), "--cfg", TINY_CFG, "--output", str(output),
+            *flags, "--opts", *PAPER_RECIPE, *opts]
+
+
+def torchrun(nproc: int = 2, *extra: str) -> tuple:
+    return ("-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc), *extra)
+
+
+def run(cmd: list, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})})
+
+
+def ok(result: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+def interrupt_after(cmd: list, pattern: str, sig: int = signal.SIGTERM) -> subprocess.CompletedProcess:
+    """Start `cmd`, send `sig` once a stdout line matches `pattern`, and wait for the end."""
+    process = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               env={**os.environ, "OMP_NUM_THREADS": "1"})
+    for line in process.stdout:
+        if re.search(pattern, line):
+            process.send_signal(sig)
+            break
+    stdout, stderr = process.communicate(timeout=300)
+    return subprocess.CompletedProcess(cmd, process.returncode, stdout, stderr)
+
+
+def weights(output, name: str = "ckpt_epoch_1.pth") -> dict:
+    return torch.load(os.path.join(run_dir(output), name), weights_only=True)["model"]
+
+
+def assert_same_weights(expected: dict, actual: dict) -> None:
+    different = [k for k in expected if not torch.equal(expected[k], actual[k])]
+    assert not different, f"{len(different)} of {len(expected)} tensors differ, e.g. {different[:3]}"
+
+
+def metrics_lines(output) -> list:
+    with open(os.path.join(run_dir(output), "metrics.jsonl"), encoding="utf-8") as f:
+        lines = [json.loads(line, parse_constant=lambda c: pytest.fail(f"{c} in metrics.jsonl")) for line in f]
+    return [{k: v for k, v in line.items() if k not in TIMINGS} for line in lines]
+
+
+def digest(folder) -> dict:
+    """A hash of every file below `folder` except the run logs, which are appended to by design."""
+    hashes = {}
+    for dirpath, _, files in os.walk(folder):
+        for name in files:
+            if not name.startswith("log_rank"):
+                path = os.path.join(dirpath, name)
+                hashes[path] = hashlib.sha256(open(path, "rb").read()).hexdigest()
+    return hashes
+
+
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory):
+    """Two uninterrupted epochs with the paper's augmentation and two loader workers."""
+    output = tmp_path_factory.mktemp("straight")
+    ok(run(command(output)))
+    return output
+
+
+def test_sigterm_mid_epoch_with_workers_resumes_bitwise(straight, tmp_path):
+    stopped = interrupt_after(command(tmp_path), r"train 1 \[20/")
+    assert stopped.returncode == 128 + signal.SIGTERM, stopped.stderr[-2000:]
+    assert re.search(r"interrupted: stopped by SIGTERM; saved .*ckpt_epoch_1_step_2\d\.pth", stopped.stderr)
+    result = ok(run(command(tmp_path)))
+    assert re.search(r"resumed from .*ckpt_epoch_1_step_2\d\.pth: epoch 1, 2\d batches done", result.stdout)
+    assert_same_weights(weights(straight), weights(tmp_path))
+    assert metrics_lines(tmp_path) == metrics_lines(straight)
+
+
+def test_resume_at_an_epoch_boundary_with_other_worker_counts_is_bitwise(straight, tmp_path):
+    """The augmentation of a sample depends on (seed, epoch, index): 0 or 1 workers continue a 2-worker run."""
+    for workers in ("0", "1"):
+        output = tmp_path / workers
+        os.makedirs(run_dir(output))
+        shutil.copy(os.path.join(run_dir(straight), "ckpt_epoch_0.pth"), run_dir(output))
+        ok(run(command(output, "DATA.NUM_WORKERS", workers)))
+        assert_same_weights(weights(straight), weights(output))
+
+
+def test_metrics_hold_one_line_per_epoch_after_kills_and_reruns(straight, tmp_path):
+    """A kill between the checkpoint and the metrics line, or after an unsaved epoch, leaves metrics.jsonl
+    out of step with the checkpoint; the rerun rewrites it from the checkpoint."""
+    folder = run_dir(tmp_path)
+    os.makedirs(folder)
+    shutil.copy(os.path.join(run_dir(straight), "ckpt_epoch_0.pth"), folder)
+    with open(os.path.join(folder, "metrics.jsonl"), "w", encoding="utf-8") as f:
+        f.write('{"epoch": 0, "train_loss": 9.0}\n{"epoch": 1, "train_loss": 9.0}\n{"epoch": 1, "train_loss": 9.0}\n')
+    killed = interrupt_after(command(tmp_path), r"train 1 \[10/", signal.SIGKILL)
+    assert killed.returncode == -signal.SIGKILL
+    ok(run(command(tmp_path)))
+    assert metrics_lines(tmp_path) == metrics_lines(straight)
+    assert_same_weights(weights(straight), weights(tmp_path))
+
+
+@pytest.fixture(scope="module")
+def straight_ddp(tmp_path_factory):
+    output = tmp_path_factory.mktemp("straight_ddp")
+    ok(run(command(output, launcher=torchrun())))
+    return output
+
+
+def test_sigterm_under_torchrun_resumes_bitwise_with_each_ranks_rng(straight_ddp, tmp_path):
+    stopped = interrupt_after(command(tmp_path, launcher=torchrun()), r"train 1 \[10/")
+    assert stopped.returncode != 0
+    step_files = [n for n in os.listdir(run_dir(tmp_path)) if re.match(r"ckpt_epoch_1_step_\d+\.pth", n)]
+    assert step_files, stopped.stderr[-2000:]
+    payload = torch.load(os.path.join(run_dir(tmp_path), step_files[0]), weights_only=True)
+    assert payload["world_size"] == 2 and len(payload["rng"]) == 2
+    assert not torch.equal(payload["rng"][0]["torch"], payload["rng"][1]["torch"])
+    ok(run(command(tmp_path, launcher=torchrun())))
+    assert_same_weights(weights(straight_ddp), weights(tmp_path))
+    assert metrics_lines(tmp_path) == metrics_lines(straight_ddp)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_srun_style_launch_without_torchrun_equals_torchrun(straight_ddp, tmp_path):
+    port = str(free_port())
+    processes = []
+    for rank in (0, 1):
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "SLURM_PROCID": str(rank), "SLURM_NTASKS": "2",
+               "SLURM_LOCALID": str(rank), "SLURM_JOB_NODELIST": "localhost", "MASTER_PORT": port}
+        processes.append(subprocess.Popen(command(tmp_path), cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                                          stderr=subprocess.PIPE, text=True))
+    outputs = [p.communicate(timeout=600) for p in processes]
+    assert [p.returncode for p in processes] == [0, 0], outputs[0][1][-2000:] + outputs[1][1][-2000:]
+    assert "rank 0 of 2" in outputs[0][0]
+    assert_same_weights(weights(straight_ddp), weights(tmp_path))
+
+
+def copy_run(source, target, *names: str) -> str:
+    folder = run_dir(target)
+    os.makedirs(folder)
+    for name in names:
+        shutil.copy(os.path.join(run_dir(source), name), folder)
+    return folder
+
+
+def test_other_world_size_is_refused_on_auto_resume_and_continued_on_explicit_resume(straight, straight_ddp,
+                                                                                     tmp_path):
+    two_to_one = copy_run(straight_ddp, tmp_path / "a", "ckpt_epoch_0.pth")
+    before = digest(two_to_one)
+    assert_user_error(run(command(tmp_path / "a")), "processes 2 -> 1", "--resume")
+    assert digest(two_to_one) == before
+    one_to_two = copy_run(straight, tmp_path / "b", "ckpt_epoch_0.pth")
+    assert_torchrun_user_error(run(command(tmp_path / "b", launcher=torchrun())), "processes 1 -> 2")
+    result = ok(run(command(tmp_path / "b", launcher=torchrun(),
+                            flags=("--resume", os.path.join(one_to_two, "ckpt_epoch_0.pth")))))
+    assert "continuing" in result.stdout and "processes 1 -> 2" in result.stdout
+    assert [line["epoch"] for line in metrics_lines(tmp_path / "b")] == [0, 1]
+
+
+def test_a_mid_epoch_checkpoint_resumes_only_with_the_same_global_batch(straight, tmp_path):
+    stopped = interrupt_after(command(tmp_path), r"train 1 \[10/")
+    assert stopped.returncode == 128 + signal.SIGTERM
+    step = next(n for n in os.listdir(run_dir(tmp_path)) if "_step_" in n)
+    before = digest(run_dir(tmp_path))
+    result = run(command(tmp_path, "DATA.BATCH_SIZE", "16", flags=("--resume", os.path.join(run_dir(tmp_path),
+                                                                                            step))))
+    assert_user_error(result, "DATA.BATCH_SIZE 32 -> 16", "ckpt_epoch_0.pth")
+    assert digest(run_dir(tmp_path)) == before
+
+
+def test_changed_settings_are_refused_then_continued_with_a_true_config(straight, tmp_path):
+    folder = copy_run(straight, tmp_path, "ckpt_epoch_0.pth", "config.yaml", "metrics.jsonl")
+    before = digest(folder)
+    result = run(command(tmp_path, "TRAIN.BASE_LR", "0.1"))
+    assert_user_error(result, "TRAIN.BASE_LR 0.05 -> 0.1", "--resume", "--tag")
+    assert digest(folder) == before
+    result = ok(run(command(tmp_path, "TRAIN.BASE_LR", "0.1",
+                            flags=("--resume", os.path.join(folder, "ckpt_epoch_0.pth")))))
+    assert "TRAIN.BASE_LR 0.05 -> 0.1" in result.stdout
+    assert "BASE_LR: 0.1" in open(os.path.join(folder, "config.yaml")).read()
+    assert "BASE_LR: 0.05" in open(os.path.join(folder, "config_until_epoch_1.yaml")).read()
+    resumed = metrics_lines(tmp_path)
+    assert resumed[0] == metrics_lines(straight)[0] and resumed[1] != metrics_lines(straight)[1]
+
+
+def test_a_finished_run_says_so_and_more_epochs_continue_the_schedule(straight, tmp_path):
+    folder = copy_run(straight, tmp_path, "ckpt_epoch_1.pth", "config.yaml", "metrics.jsonl")
+    before = digest(folder)
+    result = ok(run(command(tmp_path)))
+    assert "is finished: 2 epochs" in result.stdout and "train 1 [" not in result.stdout
+    assert digest(folder) == before
+    assert_user_error(run(command(tmp_path, "TRAIN.EPOCHS", "3")), "TRAIN.EPOCHS 2 -> 3")
+    result = ok(run(command(tmp_path, "TRAIN.EPOCHS", "3",
+                            flags=("--resume", os.path.join(folder, "ckpt_epoch_1.pth")))))
+    assert "epoch 0:" not in result.stdout and "epoch 2: val top-1" in result.stdout
+    lines = metrics_lines(tmp_path)
+    assert [line["epoch"] for line in lines] == [0, 1, 2] and lines[:2] == metrics_lines(straight)
+
+
+def test_two_runs_on_one_folder_the_second_stops_and_a_dead_runs_lock_is_taken_over(tmp_path):
+    long_run = command(tmp_path, "TRAIN.EPOCHS", "6")
+    first = subprocess.Popen(long_run, cwd=ROOT, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    for line in first.stdout:
+        if "train 0 [" in line:
+            break
+    try:
+        second = run(command(tmp_path))
+        assert_user_error(second, f"{run_dir(tmp_path)} is in use", f"process {first.pid}", "--tag")
+    finally:
+        first.kill()
+        first.communicate(timeout=60)
+    result = ok(run(long_run))
+    assert "epoch 5: val top-1" in result.stdout
+
+
+def test_nodes_without_a_shared_output_folder_stop_with_one_line(tmp_path):
+    port = str(free_port())
+    processes = []
+    for node in (0, 1):
+        launcher = ("-m", "torch.distributed.run", "--nnodes", "2", "--node_rank", str(node), "--nproc_per_node", "1",
+                    "--master_addr", "127.0.0.1", "--master_port", port)
+        processes.append(subprocess.Popen(command(tmp_path / f"node{node}", launcher=launcher), cwd=ROOT,
+                                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                          env={**os.environ, "OMP_NUM_THREADS": "1"}))
+    outputs = [p.communicate(timeout=300) for p in processes]
+    assert all(p.returncode != 0 for p in processes)
+    errors = [line for _, err in outputs for line in err.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and "shared by all nodes" in errors[0], errors
+    codes = [code for _, err in outputs for code in re.findall(r"exitcode\s*:\s*(-?\d+)", err)]
+    assert codes and set(codes) == {"2"}, outputs[1][1][-2000:]
+
+
+STOP_FLAG_SCRIPT = """
+import os, signal, sys, time
+sys.path.insert(0, sys.argv[1])
+from trainer import StopFlag
+StopFlag.REPEAT_GRACE_S = float(sys.argv[2])
+with StopFlag() as flag:
+    os.kill(os.getpid(), signal.SIGTERM)
+    time.sleep(0.2)
+    os.kill(os.getpid(), signal.SIGTERM)
+    time.sleep(0.2)
+    print("still running, signal", flag.signum)
+"""
+
+
+def test_a_second_signal_ends_the_process_at_once_but_a_forwarded_copy_does_not():
+    forwarded = run([sys.executable, "-c", STOP_FLAG_SCRIPT, ROOT, "5"])
+    assert forwarded.returncode == 0 and f"still running, signal {int(signal.SIGTERM)}" in forwarded.stdout
+    second = run([sys.executable, "-c", STOP_FLAG_SCRIPT, ROOT, "0"])
+    assert second.returncode == -signal.SIGTERM and "still running" not in second.stdout
