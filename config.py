@@ -13,6 +13,7 @@ from typing import Any, Iterable, Sequence
 import yaml
 from yacs.config import CfgNode as CN
 
+from config_checks import validate_config
 from utils import ConfigError
 
 _C = CN()
@@ -257,21 +258,6 @@ _C.LOCAL_RANK = 0
 _C.FUSED_WINDOW_PROCESS = False
 _C.FUSED_LAYERNORM = False
 
-_CHOICES = {
-    "DATA.INTERPOLATION": ("random", "bilinear", "bicubic"),
-    "DATA.CACHE_MODE": ("no", "full", "part"),
-    "DATA.DECODE_ERRORS": ("fail", "skip"),
-    "MODEL.TYPE": ("swin", "swinv2", "swin_mlp"),
-    "MODEL.ATTN_IMPL": ("auto", "sdpa", "plain"),
-    "TRAIN.LR_SCHEDULER.NAME": ("cosine", "linear", "step", "multistep"),
-    "TRAIN.OPTIMIZER.NAME": ("adamw", "sgd"),
-    "AUG.REMODE": ("pixel", "rand", "const"),
-    "AUG.MIXUP_MODE": ("batch", "pair", "elem"),
-    "AMP_DTYPE": ("fp16", "bf16"),
-    "DEVICE": ("auto", "cpu", "cuda"),
-}
-
-
 def default_config() -> CN:
     """A mutable copy of the defaults."""
     return _C.clone()
@@ -335,12 +321,38 @@ def _decode(value: Any) -> Any:
         return value
 
 
+class _StrictLoader(yaml.SafeLoader):
+    """YAML that refuses a key given twice in one mapping (plain YAML silently keeps the last)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise ConfigError(f"config file {self.name} gives {key} twice (line {key_node.start_mark.line + 1}); "
+                                  "keep one")
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
 def _read_yaml(cfg_file: str) -> dict:
+    if os.path.isdir(cfg_file):
+        raise ConfigError(f"config file {cfg_file} is a folder; pass a YAML file to --cfg")
     if not os.path.isfile(cfg_file):
         raise ConfigError(f"config file {cfg_file} does not exist; pass an existing YAML file to --cfg")
     try:
         with open(cfg_file, encoding="utf-8") as f:
-            values = yaml.safe_load(f)
+            text = f.read()
+        loader = _StrictLoader(text)
+        loader.name = cfg_file
+        try:
+            values = loader.get_single_data()
+        finally:
+            loader.dispose()
+    except UnicodeDecodeError:
+        raise ConfigError(f"config file {cfg_file} is not UTF-8 text; pass a YAML file saved as UTF-8") from None
+    except OSError as err:
+        raise ConfigError(f"config file {cfg_file} cannot be read ({err.strerror}); check its permissions") from None
     except yaml.YAMLError as err:
         line = getattr(getattr(err, "problem_mark", None), "line", None)
         where = f" at line {line + 1}" if line is not None else ""
@@ -358,15 +370,29 @@ def _merge_file(cfg: CN, cfg_file: str, seen: tuple[str, ...] = ()) -> None:
     if real in seen:
         raise ConfigError(f"config file {cfg_file} includes itself through BASE; remove the loop")
     values = _read_yaml(cfg_file)
-    for base in values.pop("BASE", None) or ():
+    bases = values.pop("BASE", None) or []
+    if not isinstance(bases, list) or not all(isinstance(b, str) for b in bases):
+        raise ConfigError(f"config key BASE in {cfg_file} must be a list of file names, e.g. BASE: ['base.yaml']; "
+                          f"got {bases!r}")
+    for base in bases:
         if base:
             _merge_file(cfg, os.path.join(os.path.dirname(cfg_file), base), seen + (real,))
     _merge(cfg, values, cfg_file)
 
 
-def _merge_opts(cfg: CN, opts: Sequence[str]) -> None:
+def _check_pairs(opts: Sequence[str]) -> None:
+    """--opts must alternate KEY VALUE: name the key that lacks its value, not whatever ended up last."""
+    keys = set(_all_keys(_C))
+    for position in range(1, len(opts), 2):
+        if opts[position] in keys:
+            raise ConfigError(f"--opts key {opts[position - 1]} has no value ({opts[position]} follows it); "
+                              "give every key a value: --opts KEY VALUE KEY VALUE")
     if len(opts) % 2:
-        raise ConfigError(f"--opts takes KEY VALUE pairs; {opts[-1]!r} has no value")
+        raise ConfigError(f"--opts key {opts[-1]} has no value; give every key a value: --opts KEY VALUE")
+
+
+def _merge_opts(cfg: CN, opts: Sequence[str]) -> None:
+    _check_pairs(opts)
     for full_key, raw in zip(opts[0::2], opts[1::2]):
         *groups, name = full_key.split(".")
         node = cfg
@@ -375,62 +401,6 @@ def _merge_opts(cfg: CN, opts: Sequence[str]) -> None:
                 raise _unknown_key_error(full_key, "--opts")
             node = node[group]
         _merge(node, {name: raw}, "--opts", ".".join(groups) + "." if groups else "")
-
-
-def _stage_sizes(img_size: int, patch_size: int, num_stages: int) -> list[int]:
-    return [img_size // patch_size // 2**i for i in range(num_stages)]
-
-
-def validate_config(cfg: CN) -> None:
-    """Fail early, with one line, on values the model or data code could not use."""
-    for full_key, allowed in _CHOICES.items():
-        value = cfg
-        for part in full_key.split("."):
-            value = value[part]
-        if value not in allowed:
-            raise ConfigError(f"config key {full_key} is {value!r}; use one of {', '.join(allowed)}")
-    for full_key, value in (
-        ("DATA.BATCH_SIZE", cfg.DATA.BATCH_SIZE),
-        ("TRAIN.ACCUMULATION_STEPS", cfg.TRAIN.ACCUMULATION_STEPS),
-        ("TRAIN.EPOCHS", cfg.TRAIN.EPOCHS),
-        ("SAVE_FREQ", cfg.SAVE_FREQ),
-        ("PRINT_FREQ", cfg.PRINT_FREQ),
-    ):
-        if value < 1:
-            raise ConfigError(f"config key {full_key} is {value}; it must be a positive integer")
-    if cfg.DATA.NUM_WORKERS < 0 or cfg.MODEL.NUM_CLASSES < 0:
-        raise ConfigError("config keys DATA.NUM_WORKERS and MODEL.NUM_CLASSES must not be negative")
-    if not 0 <= cfg.TRAIN.WARMUP_EPOCHS < cfg.TRAIN.EPOCHS:
-        raise ConfigError(f"TRAIN.WARMUP_EPOCHS is {cfg.TRAIN.WARMUP_EPOCHS} with TRAIN.EPOCHS {cfg.TRAIN.EPOCHS}; "
-                          "warm-up must be shorter than training")
-    if not 0.0 <= cfg.MODEL.DROP_PATH_RATE < 1.0:
-        raise ConfigError(f"config key MODEL.DROP_PATH_RATE is {cfg.MODEL.DROP_PATH_RATE}; use a value in [0, 1)")
-    _validate_architecture(cfg)
-
-
-def _validate_architecture(cfg: CN) -> None:
-    group_name = {"swin": "SWIN", "swinv2": "SWINV2", "swin_mlp": "SWIN_MLP"}[cfg.MODEL.TYPE]
-    arch = cfg.MODEL[group_name]
-    prefix = f"MODEL.{group_name}"
-    if len(arch.DEPTHS) != len(arch.NUM_HEADS) or not arch.DEPTHS:
-        raise ConfigError(f"{prefix}.DEPTHS and {prefix}.NUM_HEADS must be non-empty lists of the same length")
-    stride = arch.PATCH_SIZE * 2 ** (len(arch.DEPTHS) - 1)
-    if cfg.DATA.IMG_SIZE % stride:
-        raise ConfigError(
-            f"DATA.IMG_SIZE {cfg.DATA.IMG_SIZE} is not divisible by PATCH_SIZE x 2^(stages-1) = {stride}; "
-            f"use a multiple of {stride}"
-        )
-    for stage, (size, heads) in enumerate(zip(_stage_sizes(cfg.DATA.IMG_SIZE, arch.PATCH_SIZE, len(arch.DEPTHS)),
-                                              arch.NUM_HEADS)):
-        if size > arch.WINDOW_SIZE and size % arch.WINDOW_SIZE:
-            raise ConfigError(
-                f"{prefix}.WINDOW_SIZE {arch.WINDOW_SIZE} does not tile stage {stage} ({size}x{size} tokens at "
-                f"DATA.IMG_SIZE {cfg.DATA.IMG_SIZE}); pick a window that divides {size}"
-            )
-        channels = arch.EMBED_DIM * 2**stage
-        if channels % heads:
-            raise ConfigError(f"{prefix}.NUM_HEADS[{stage}] = {heads} does not divide the {channels} channels of "
-                              f"stage {stage}; pick a divisor")
 
 
 def load_config(cfg_file: str, opts: Iterable[str] = ()) -> CN:

@@ -239,7 +239,10 @@ def validate(model: nn.Module, loader: Iterable, rt: Runtime) -> dict:
     """
     model.eval()
     totals = torch.zeros(4, dtype=torch.float64, device=rt.device)  # correct@1, correct@5, loss sum, count
-    for images, targets in loader:
+    for batch in loader:
+        if batch is None:  # every image of the batch was undecodable and skipped (DATA.DECODE_ERRORS skip)
+            continue
+        images, targets = batch
         images, targets = images.to(rt.device, non_blocking=True), targets.to(rt.device, non_blocking=True)
         with rt.autocast():
             logits = model(images)

@@ -9,7 +9,7 @@ from typing import Optional
 
 from termcolor import colored
 
-from utils import save_text
+from utils import ConfigError, save_text
 
 
 class _ColourFormatter(logging.Formatter):
@@ -34,8 +34,12 @@ def create_logger(output_dir: Optional[str], rank: int, name: str = "swin") -> l
         console.setFormatter(formatter(fmt, datefmt="%H:%M:%S"))
         logger.addHandler(console)
     if output_dir:
-        os.makedirs(output_dir, exist_ok=True)
-        file_handler = logging.FileHandler(os.path.join(output_dir, f"log_rank{rank}.txt"), mode="a")
+        try:
+            os.makedirs(output_dir, exist_ok=True)
+            file_handler = logging.FileHandler(os.path.join(output_dir, f"log_rank{rank}.txt"), mode="a")
+        except OSError as err:
+            raise ConfigError(f"output folder {output_dir} cannot be written ({err.strerror}: {err.filename}); "
+                              "pass --output a folder you can write to") from None
         file_handler.setFormatter(logging.Formatter(fmt, datefmt="%Y-%m-%d %H:%M:%S"))
         logger.addHandler(file_handler)
     return logger

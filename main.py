@@ -7,35 +7,21 @@
 """
 
 import argparse
-import difflib
 import sys
-from typing import NoReturn, Optional
+from typing import Optional
 
 from yacs.config import CfgNode
 
+from cli import StrictParser, run_command
 from config import get_config
 from logger import create_logger
 from runtime import init_runtime, launcher_ranks, shutdown_runtime
 from trainer import Interrupted, run_eval, run_throughput, run_training
-from utils import UserError, report_user_error, seed_everything
-
-
-class StrictParser(argparse.ArgumentParser):
-    """argparse that reports a bad flag in one line (with the nearest flag) and exits with code 2."""
-
-    def error(self, message: str) -> NoReturn:
-        if "unrecognized arguments:" in message:
-            unknown = message.split(":", 1)[1].split()
-            flags = [s for a in self._actions for s in a.option_strings]
-            close = [m for u in unknown if u.startswith("-") for m in difflib.get_close_matches(u, flags, n=1)]
-            if close:
-                message += f" (did you mean {close[0]}?)"
-        print(f"error: {message}; see `python main.py --help`", file=sys.stderr)
-        sys.exit(2)
+from utils import UserError, seed_everything
 
 
 def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
-    parser = StrictParser("main.py", description="Swin Transformer training and evaluation", allow_abbrev=False)
+    parser = StrictParser("python main.py", description="Swin Transformer training and evaluation", allow_abbrev=False)
     parser.add_argument("--cfg", required=True, metavar="FILE", help="path to the config file")
     parser.add_argument("--opts", nargs="+", default=None, metavar="KEY VALUE", help="config KEY VALUE pairs")
     parser.add_argument("--batch-size", type=int, help="batch size per process")
@@ -57,7 +43,10 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), help="device (default: CUDA when available)")
     parser.add_argument("--compile", action="store_true", help="run the model through torch.compile")
     parser.add_argument("--local_rank", "--local-rank", type=int, default=None, help="set by the launcher")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.eval and args.throughput:
+        parser.error("--eval and --throughput cannot be combined; run them one after the other")
+    return args
 
 
 def run(config: CfgNode) -> dict:
@@ -79,19 +68,22 @@ def run(config: CfgNode) -> dict:
 def main(argv: Optional[list[str]] = None) -> int:
     """Exit codes: 0 done, 2 a user mistake (one line), 128 + signal when preempted.
 
-    Under several processes a mistake every rank sees (the config, or one the ranks agreed on) is
+    Under several processes a mistake every rank meets (the config, or one the ranks agreed on) is
     printed by rank 0 alone; one that only this rank met is printed by it.
     """
     args = parse_args(argv)
     is_rank0 = launcher_ranks()[0] == 0
+    return run_command(lambda: _run_main(args, is_rank0), show_errors=is_rank0)
+
+
+def _run_main(args: argparse.Namespace, is_rank0: bool) -> int:
     try:
         config = get_config(args)
     except UserError as err:
-        return report_user_error(err, show=is_rank0)
+        err.agreed = True  # every rank reads the same flags and files
+        raise
     try:
         run(config)
-    except UserError as err:
-        return report_user_error(err, show=is_rank0 or not getattr(err, "agreed", False))
     except Interrupted as stop:
         if is_rank0:
             print(f"interrupted: {stop}", file=sys.stderr)

@@ -336,6 +336,9 @@ class Training:
         sampler.set_epoch(epoch)
         sampler.skip_next(start_batch * self.config.DATA.BATCH_SIZE)
         train_stats = engine.train_one_epoch(self.ctx, self.data.loader_train, epoch, start_batch, totals)
+        due = epoch % self.config.SAVE_FREQ == 0 or epoch == self.config.TRAIN.EPOCHS - 1
+        # Saved before validation, so an unreadable validation image does not cost the epoch's training.
+        before_validation = self.save(epoch, len(self.data.loader_train)) if due else ""
         # The bare model: DDP's forward may talk to the other ranks, and a rank can have no validation images.
         val_stats = engine.validate(self.bare, self.data.loader_val, self.rt)
         is_best = val_stats["top1"] >= self.max_accuracy
@@ -349,8 +352,10 @@ class Training:
         record = {"epoch": epoch, **train_stats, **{f"val_{k}": v for k, v in val_stats.items()},
                   "max_accuracy": self.max_accuracy}
         self.history.append(record)
-        if epoch % self.config.SAVE_FREQ == 0 or epoch == self.config.TRAIN.EPOCHS - 1:
+        if due:
             self.save(epoch + 1, 0, is_best)
+            if before_validation and os.path.exists(before_validation):
+                os.remove(before_validation)
         return record
 
 

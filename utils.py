@@ -4,12 +4,14 @@
 everything else is a bug and keeps its traceback.
 """
 
+import errno
 import glob
 import logging
 import os
 import pickle
 import random
 import re
+import shutil
 import sys
 import zipfile
 from typing import Callable, Optional
@@ -50,15 +52,38 @@ def report_user_error(err: UserError, show: bool = True) -> int:
     return 2
 
 
+# Free space below which a failed write is taken for a full disk.
+_NEARLY_FULL_BYTES = 4 * 2**20
+
+
 def _write_atomically(path: str, write: Callable[[str], None]) -> None:
     """Run `write(tmp_path)`, then move the file over `path`: a crash leaves the old file or none, never half a file."""
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise UserError(f"cannot write {path}: folder {folder} does not exist; create it or pick another path")
     tmp_path = f"{path}.tmp.{os.getpid()}"
     try:
         write(tmp_path)
         os.replace(tmp_path, path)
+    except (OSError, RuntimeError) as err:
+        if not _is_out_of_space(err, os.path.dirname(path) or "."):
+            raise
+        raise UserError(f"no space left on the device of {path}; free some space, or pass --output a folder on "
+                        "another disk, and rerun to resume (the previous checkpoints are kept)") from None
     finally:
         if os.path.exists(tmp_path):
             os.remove(tmp_path)
+
+
+def _is_out_of_space(err: BaseException, folder: str) -> bool:
+    """True for a full disk or quota, also when torch.save reports it as a RuntimeError about file positions:
+    then the half-written temporary file has taken the last free bytes."""
+    if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    try:
+        return shutil.disk_usage(folder).free < _NEARLY_FULL_BYTES
+    except OSError:
+        return False
 
 
 def save_checkpoint(payload: dict, path: str) -> None:
@@ -82,6 +107,8 @@ def load_checkpoint_file(path: str) -> dict:
     Reference checkpoints that pickled a yacs config fall back to a full unpickle of the
     user's own file.
     """
+    if os.path.isdir(path):
+        raise CheckpointError(f"checkpoint {path} is a folder; pass the checkpoint file inside it")
     if not os.path.isfile(path):
         raise CheckpointError(f"checkpoint {path} does not exist; check the path")
     try:

@@ -2,9 +2,9 @@
 
 import atexit
 import logging
+import multiprocessing
 import os
 import signal
-import weakref
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
@@ -65,22 +65,20 @@ def ignore_stop_signals(_worker_id: int) -> None:
         signal.signal(sig, signal.SIG_IGN)
 
 
-_LOADERS_WITH_WORKERS: "weakref.WeakSet[DataLoader]" = weakref.WeakSet()
+def _end_leftover_workers() -> None:
+    """At exit, kill the loader workers still running. They ignore SIGTERM, so multiprocessing's own exit-time
+    terminate() of daemonic children would wait for them forever (a run that ended on an error leaves them).
+    The loaders' SIGCHLD handler goes first: it would report each killed worker as a crash."""
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    for child in multiprocessing.active_children():
+        if child.daemon:
+            child.kill()
+            child.join()
 
 
-def _shut_down_workers() -> None:
-    """At exit, end every loader's workers through the loader. They ignore SIGTERM, so multiprocessing's own
-    exit-time terminate() of leftover children would wait for them forever."""
-    for loader in list(_LOADERS_WITH_WORKERS):
-        iterator = getattr(loader, "_iterator", None)
-        if iterator is not None and hasattr(iterator, "_shutdown_workers"):
-            iterator._shutdown_workers()
-
-
-def _track_workers(*loaders: DataLoader) -> None:
-    _LOADERS_WITH_WORKERS.update(loader for loader in loaders if loader.num_workers > 0)
-    atexit.unregister(_shut_down_workers)
-    atexit.register(_shut_down_workers)  # after multiprocessing's own exit hook, so it runs before it
+def _end_workers_at_exit() -> None:
+    atexit.unregister(_end_leftover_workers)
+    atexit.register(_end_leftover_workers)  # after multiprocessing's own exit hook, so it runs before it
 
 
 def collate_skipping_none(batch: list) -> Any:
@@ -117,10 +115,20 @@ def _build_datasets(config: CfgNode, rt: Runtime) -> tuple[Dataset, Dataset]:
 
 
 def _check_classes(config: CfgNode, train: Dataset, val: Dataset) -> int:
+    """The class count, once training and validation agree on the classes and the config on their number."""
     num_classes = len(train.classes)
-    if len(val.classes) != num_classes:
-        raise DataError(f"training data has {num_classes} classes but validation data has {len(val.classes)}; "
-                        "give both splits the same class folders")
+    if isinstance(train, ImageFolderDataset) and list(val.classes) != list(train.classes):
+        only_val = sorted(set(val.classes) - set(train.classes))
+        only_train = sorted(set(train.classes) - set(val.classes))
+        detail = (f"{only_val[0]!r} is only in validation" if only_val else
+                  f"{only_train[0]!r} is only in training" if only_train else "the same names in another order")
+        raise DataError(f"validation class folders differ from the training ones ({detail}); give both splits the "
+                        "same class folders")
+    out_of_range = [(path, label) for path, label in getattr(val, "samples", ()) if label >= num_classes]
+    if out_of_range:
+        path, label = out_of_range[0]
+        raise DataError(f"validation map gives {path} label {label}, but the training map has labels 0-"
+                        f"{num_classes - 1}; use the training map's labels")
     wanted = config.MODEL.NUM_CLASSES
     if wanted not in (_DEFAULT_NUM_CLASSES, num_classes) and config.DATA.DATASET != "fake":
         raise DataError(f"MODEL.NUM_CLASSES is {wanted} but the data has {num_classes} classes; "
@@ -149,9 +157,13 @@ def build_loader(config: CfgNode, rt: Runtime, logger: Optional[logging.Logger] 
     else:
         sampler = DistributedSampler(train, rt.world_size, rt.rank, shuffle=True, seed=config.SEED)
     sampler = ResumableSampler(sampler)
-    if len(train) // rt.world_size < config.DATA.BATCH_SIZE:
+    batches = len(train) // rt.world_size // config.DATA.BATCH_SIZE
+    if batches < 1:
         raise DataError(f"the training set has {len(train)} images, fewer than one batch of "
                         f"{config.DATA.BATCH_SIZE} per process; lower --batch-size")
+    if config.TRAIN.ACCUMULATION_STEPS > batches:
+        raise DataError(f"TRAIN.ACCUMULATION_STEPS {config.TRAIN.ACCUMULATION_STEPS} is more than the {batches} "
+                        "batches of an epoch per process; lower --accumulation-steps or --batch-size")
     skip = config.DATA.DECODE_ERRORS == "skip"
     common = dict(num_workers=config.DATA.NUM_WORKERS, pin_memory=config.DATA.PIN_MEMORY and rt.device.type == "cuda",
                   persistent_workers=config.DATA.NUM_WORKERS > 0, worker_init_fn=ignore_stop_signals)
@@ -162,8 +174,10 @@ def build_loader(config: CfgNode, rt: Runtime, logger: Optional[logging.Logger] 
     loader_train = DataLoader(samples, batch_size=config.DATA.BATCH_SIZE, sampler=sampler, drop_last=True,
                               collate_fn=collate_skipping_none if skip else default_collate,
                               generator=torch.Generator().manual_seed(config.SEED + rt.rank), **common)
-    loader_val = DataLoader(val, batch_size=config.DATA.BATCH_SIZE,
-                            sampler=ExactShardSampler(len(val), rt.rank, rt.world_size), drop_last=False, **common)
-    _track_workers(loader_train, loader_val)
+    loader_val = DataLoader(SkipUndecodable(val, logger) if skip else val, batch_size=config.DATA.BATCH_SIZE,
+                            sampler=ExactShardSampler(len(val), rt.rank, rt.world_size), drop_last=False,
+                            collate_fn=collate_skipping_none if skip else default_collate, **common)
+    if config.DATA.NUM_WORKERS > 0:
+        _end_workers_at_exit()
     return LoaderBundle(train, val, loader_train, loader_val, build_mixup(config, num_classes), num_classes,
                         list(train.classes))

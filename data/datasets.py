@@ -7,6 +7,7 @@ the error when an image cannot be read.
 import io
 import os
 import zipfile
+import zlib
 from typing import Callable, Optional
 
 import numpy as np
@@ -25,8 +26,28 @@ def decode_image(data: bytes | str, name: str) -> Image.Image:
     try:
         with Image.open(io.BytesIO(data) if isinstance(data, bytes) else data) as img:
             return img.convert("RGB")
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as err:
-        raise DataError(f"image {name} cannot be decoded ({err}); remove or replace the file") from None
+    except UnidentifiedImageError:
+        reason = "empty file" if not data or (isinstance(data, str) and os.path.getsize(data) == 0) else \
+            "not an image format PIL reads"
+    except Image.DecompressionBombError as err:
+        reason = f"too large to decode safely: {str(err).split('(')[0].strip()}"
+    except (OSError, ValueError, SyntaxError, EOFError) as err:
+        reason = str(err) or type(err).__name__
+    raise DataError(f"image {name} cannot be decoded ({reason}); remove or replace the file")
+
+
+def image_files(folder: str) -> list[str]:
+    """The image files below `folder`, sorted, following links but visiting each real folder once (a link
+    that loops back would otherwise repeat the same images until the OS stops the walk)."""
+    seen, files = set(), []
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+        real = os.path.realpath(dirpath)
+        if real in seen:
+            dirnames[:] = []
+            continue
+        seen.add(real)
+        files += [os.path.join(dirpath, f) for f in filenames if f.lower().endswith(IMG_EXTENSIONS)]
+    return sorted(files)
 
 
 class ImageFolderDataset(Dataset):
@@ -42,12 +63,7 @@ class ImageFolderDataset(Dataset):
             raise DataError(f"image folder {root} has no class sub-folders; put images in {root}/<class>/")
         self.samples: list[tuple[str, int]] = []
         for label, name in enumerate(self.classes):
-            files = sorted(
-                os.path.join(dirpath, f)
-                for dirpath, _, filenames in os.walk(os.path.join(root, name), followlinks=True)
-                for f in filenames
-                if f.lower().endswith(IMG_EXTENSIONS)
-            )
+            files = image_files(os.path.join(root, name))
             if not files:
                 raise DataError(f"class folder {os.path.join(root, name)} has no images; add images or remove it")
             self.samples.extend((f, label) for f in files)
@@ -63,18 +79,24 @@ class ImageFolderDataset(Dataset):
 
 
 def read_map_file(path: str) -> list[tuple[str, int]]:
-    """Lines `<path in zip>\\t<label>` of a reference map file."""
+    """Lines `<path in zip>\\t<label>` of a reference map file (UTF-8, with or without a byte-order mark)."""
     if not os.path.isfile(path):
         raise DataError(f"map file {path} does not exist; write it with `python -m data.make_map`")
     entries = []
-    with open(path, encoding="utf-8") as f:
-        for number, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            parts = line.rstrip("\n").split("\t")
-            if len(parts) != 2 or not parts[1].strip().lstrip("-").isdigit():
-                raise DataError(f"map file {path} line {number} is not `<path>\\t<label>`: {line.strip()[:80]!r}")
-            entries.append((parts[0], int(parts[1])))
+    try:
+        with open(path, encoding="utf-8-sig") as f:
+            lines = f.read().splitlines()
+    except UnicodeDecodeError as err:
+        raise DataError(f"map file {path} is not UTF-8 text (byte {err.start}); save it as UTF-8") from None
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        parts = line.split("\t")
+        if len(parts) != 2 or not parts[1].strip().lstrip("-").isdigit():
+            raise DataError(f"map file {path} line {number} is not `<path>\\t<label>`: {line.strip()[:80]!r}")
+        if int(parts[1]) < 0:
+            raise DataError(f"map file {path} line {number} has label {int(parts[1])}; labels count from 0")
+        entries.append((parts[0], int(parts[1])))
     if not entries:
         raise DataError(f"map file {path} is empty; it needs one `<path>\\t<label>` line per image")
     return entries
@@ -98,14 +120,14 @@ class ZipMapDataset(Dataset):
         self.transform = transform
         self.samples = read_map_file(map_path)
         self.targets = [label for _, label in self.samples]
-        with zipfile.ZipFile(zip_path) as archive:
+        with self._open(zip_path) as archive:
             names = set(archive.namelist())
             missing = [p for p, _ in self.samples if p not in names]
             if missing:
                 raise DataError(f"map file {map_path} names {missing[0]}, which is not in {zip_path} "
                                 f"({len(missing)} missing); rewrite the map file")
             self._cache = {
-                i: archive.read(p)
+                i: self._read_member(archive, p)
                 for i, (p, _) in enumerate(self.samples)
                 if cache_mode == "full" or (cache_mode == "part" and i % num_shards == shard)
             }
@@ -113,13 +135,28 @@ class ZipMapDataset(Dataset):
         self._archive: Optional[zipfile.ZipFile] = None
         self._archive_pid = -1
 
+    @staticmethod
+    def _open(zip_path: str) -> zipfile.ZipFile:
+        try:
+            return zipfile.ZipFile(zip_path)
+        except (zipfile.BadZipFile, OSError, EOFError) as err:
+            raise DataError(f"zip file {zip_path} cannot be opened ({err}); it is truncated or not a zip: "
+                            "copy it again") from None
+
+    def _read_member(self, archive: zipfile.ZipFile, name: str) -> bytes:
+        try:
+            return archive.read(name)
+        except (zipfile.BadZipFile, zlib.error, OSError, EOFError) as err:
+            raise DataError(f"image {self.zip_path}:{name} cannot be read from the zip ({err}); the zip is "
+                            "damaged: copy it again") from None
+
     def _read(self, index: int) -> bytes:
         if index in self._cache:
             return self._cache[index]
         if self._archive is None or self._archive_pid != os.getpid():
-            self._archive = zipfile.ZipFile(self.zip_path)
+            self._archive = self._open(self.zip_path)
             self._archive_pid = os.getpid()
-        return self._archive.read(self.samples[index][0])
+        return self._read_member(self._archive, self.samples[index][0])
 
     def __len__(self) -> int:
         return len(self.samples)

@@ -6,12 +6,11 @@ Paths are relative to DIR/train (as they sit inside train.zip when the folder is
 labels follow the sorted class order ImageFolder uses.
 """
 
-import argparse
 import os
 import sys
 
+from cli import StrictParser, run_command
 from data.datasets import ImageFolderDataset
-from utils import UserError, report_user_error
 
 
 def map_lines(root: str) -> list[str]:
@@ -20,13 +19,14 @@ def map_lines(root: str) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser("python -m data.make_map", description=__doc__.splitlines()[0])
+    parser = StrictParser("python -m data.make_map", description=__doc__.splitlines()[0])
     parser.add_argument("root", help="an ImageFolder split: ROOT/<class>/<image>")
     args = parser.parse_args(argv)
-    try:
-        sys.stdout.write("".join(line + "\n" for line in map_lines(args.root)))
-    except UserError as err:
-        return report_user_error(err)
+    return run_command(lambda: _write_map(args.root))
+
+
+def _write_map(root: str) -> int:
+    sys.stdout.write("".join(line + "\n" for line in map_lines(root)))
     return 0
 
 

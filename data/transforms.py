@@ -31,6 +31,22 @@ def _fix_posterize(transform: transforms.Compose) -> None:
                 op.aug_fn = posterize_keeping_zero_bits
 
 
+class ResizeIfOtherSize:
+    """Resize to `size` x `size` only images of another size: at 32px and below the reference crops and
+    evaluates without resizing, which breaks (or cannot batch) images that are not already that size."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+
+    def __call__(self, img: Image.Image) -> Image.Image:
+        if img.size == (self.size, self.size):
+            return img
+        return img.resize((self.size, self.size), Image.Resampling.BICUBIC)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(size={self.size})"
+
+
 def build_transform(is_train: bool, config: CfgNode) -> Callable:
     """Training: RandomResizedCrop, flip, RandAugment, colour jitter, random erasing (RandomCrop with
     padding 4 at 32px and below). Evaluation: resize to 256/224 of the size and center crop, or
@@ -51,9 +67,10 @@ def build_transform(is_train: bool, config: CfgNode) -> Callable:
         )
         _fix_posterize(transform)
         if not resize_im:
-            transform.transforms[0] = transforms.RandomCrop(img_size, padding=4)
+            # The reference's CIFAR crop; images of another size are first brought to the configured one.
+            transform.transforms[0:1] = [ResizeIfOtherSize(img_size), transforms.RandomCrop(img_size, padding=4)]
         return transform
-    steps = []
+    steps = [] if resize_im else [ResizeIfOtherSize(img_size)]
     if resize_im:
         interpolation = str_to_interp_mode(config.DATA.INTERPOLATION if config.DATA.INTERPOLATION != "random"
                                            else "bicubic")

@@ -29,6 +29,22 @@ def _move_mergings_and_head(state: StateDict, stage_offset: int, head_from: str,
     return out
 
 
+def detect_layout(state: StateDict) -> str:
+    """`reference`, `timm` or `torchvision` from a Swin state dict's names; `unknown` when they do not tell.
+
+    The reference merges at the end of a stage (there is a `layers.0.downsample`), timm at the start
+    of the next (there is none), and only timm names its classifier `head.fc`.
+    """
+    if any(k.startswith("features.") for k in state):
+        return "torchvision"
+    merges = {int(m.group(1)) for k in state if (m := re.match(r"layers\.(\d+)\.downsample\.", k))}
+    if "head.fc.weight" in state or (merges and 0 not in merges):
+        return "timm"
+    if "head.weight" in state or 0 in merges:
+        return "reference"
+    return "unknown"
+
+
 def to_timm(state: StateDict) -> StateDict:
     """Reference (V1 or V2) names to timm's `swin_*` / `swinv2_*` names."""
     return _move_mergings_and_head(state, 1, "head.", "head.fc.")

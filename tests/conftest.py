@@ -1,5 +1,6 @@
 """Shared fixtures: paths, the tiny config and a way to run main.py as a user would."""
 
+import hashlib
 import os
 import re
 import subprocess
@@ -46,3 +47,15 @@ def assert_torchrun_user_error(result: subprocess.CompletedProcess, *fragments: 
     assert codes and set(codes) == {"2"}, result.stderr[-3000:]
     for fragment in fragments:
         assert fragment in errors[0], errors[0]
+
+
+def digest(folder: str) -> dict:
+    """A hash of every file below `folder` except the run logs, which are appended to by design."""
+    hashes = {}
+    for dirpath, _, files in os.walk(folder):
+        for name in files:
+            if not name.startswith("log_rank"):
+                path = os.path.join(dirpath, name)
+                with open(path, "rb") as f:
+                    hashes[path] = hashlib.sha256(f.read()).hexdigest()
+    return hashes

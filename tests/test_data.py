@@ -10,7 +10,7 @@ from timm.data import auto_augment
 
 from config import load_config
 from data import build_loader
-from data.datasets import DigitsDataset, ImageFolderDataset, ZipMapDataset
+from data.datasets import DigitsDataset, ImageFolderDataset, ZipMapDataset, read_map_file
 from data.make_map import map_lines
 from data.samplers import ExactShardSampler, ShardRandomSampler
 from data.transforms import build_transform, posterize_keeping_zero_bits
@@ -180,3 +180,8 @@ def test_map_file_naming_a_missing_entry(tmp_path):
 def test_class_count_mismatch_is_an_error():
     with pytest.raises(DataError, match="MODEL.NUM_CLASSES is 7 but the data has 10 classes"):
         build_loader(cfg("DATA.DATASET", "'digits'", "MODEL.NUM_CLASSES", "7"), CPU)
+
+
+def test_map_file_with_a_byte_order_mark_reads_its_first_line(tmp_path):
+    (tmp_path / "map.txt").write_bytes("\ufeffa/1.jpg\t0\nb/2.jpg\t1\n".encode("utf-8"))
+    assert read_map_file(str(tmp_path / "map.txt")) == [("a/1.jpg", 0), ("b/2.jpg", 1)]

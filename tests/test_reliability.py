@@ -1,6 +1,5 @@
 """No lost work: preemption, SIGKILL while saving, non-finite losses, and bad input through main.py."""
 
-import hashlib
 import logging
 import os
 import re
@@ -12,7 +11,7 @@ import zipfile
 
 import pytest
 import torch
-from conftest import ROOT, TINY_CFG, assert_user_error, run_main
+from conftest import ROOT, TINY_CFG, assert_user_error, digest, run_main
 from PIL import Image
 from timm.scheduler import StepLRScheduler
 
@@ -133,17 +132,6 @@ def test_too_many_non_finite_losses_stop_with_one_line_naming_the_step():
     ctx = nan_context({1, 2, 3}, max_nonfinite=3)
     with pytest.raises(engine.DivergedError, match=r"non-finite for 3 steps in a row up to epoch 4 step 2"):
         engine.train_one_epoch(ctx, batches(5), epoch=4)
-
-
-def digest(folder) -> dict:
-    """A hash of every file below `folder` except the run logs, which are appended to by design."""
-    hashes = {}
-    for dirpath, _, files in os.walk(folder):
-        for name in files:
-            if not name.startswith("log_rank"):
-                path = os.path.join(dirpath, name)
-                hashes[path] = hashlib.sha256(open(path, "rb").read()).hexdigest()
-    return hashes
 
 
 def _image_folder(root, corrupt: bool = False) -> str:

@@ -4,7 +4,6 @@ The runs here use the paper's augmentation (RandAugment, colour jitter, random e
 Mixup/CutMix, drop path) with DataLoader workers, on the built-in digits.
 """
 
-import hashlib
 import json
 import os
 import re
@@ -16,7 +15,7 @@ import sys
 
 import pytest
 import torch
-from conftest import ROOT, TINY_CFG, assert_torchrun_user_error, assert_user_error
+from conftest import ROOT, TINY_CFG, assert_torchrun_user_error, assert_user_error, digest
 
 PAPER_RECIPE = ("DATA.DATASET", "digits", "DATA.BATCH_SIZE", "32", "DATA.NUM_WORKERS", "2", "TRAIN.EPOCHS", "2",
                 "AUG.AUTO_AUGMENT", "'rand-m9-mstd0.5-inc1'", "AUG.COLOR_JITTER", "0.4", "AUG.REPROB", "0.25",
@@ -73,17 +72,6 @@ def metrics_lines(output) -> list:
     with open(os.path.join(run_dir(output), "metrics.jsonl"), encoding="utf-8") as f:
         lines = [json.loads(line, parse_constant=lambda c: pytest.fail(f"{c} in metrics.jsonl")) for line in f]
     return [{k: v for k, v in line.items() if k not in TIMINGS} for line in lines]
-
-
-def digest(folder) -> dict:
-    """A hash of every file below `folder` except the run logs, which are appended to by design."""
-    hashes = {}
-    for dirpath, _, files in os.walk(folder):
-        for name in files:
-            if not name.startswith("log_rank"):
-                path = os.path.join(dirpath, name)
-                hashes[path] = hashlib.sha256(open(path, "rb").read()).hexdigest()
-    return hashes
 
 
 @pytest.fixture(scope="module")
@@ -284,3 +272,13 @@ def test_a_second_signal_ends_the_process_at_once_but_a_forwarded_copy_does_not(
     assert forwarded.returncode == 0 and f"still running, signal {int(signal.SIGTERM)}" in forwarded.stdout
     second = run([sys.executable, "-c", STOP_FLAG_SCRIPT, ROOT, "0"])
     assert second.returncode == -signal.SIGTERM and "still running" not in second.stdout
+
+
+def test_a_fine_tunes_ema_starts_from_the_pretrained_weights(straight, tmp_path):
+    pretrained = os.path.join(run_dir(straight), "ckpt_epoch_1.pth")
+    ok(run(command(tmp_path, "TRAIN.EPOCHS", "1", "TRAIN.WARMUP_EPOCHS", "0", "TRAIN.EMA_DECAY", "0.99999",
+                   flags=("--pretrained", pretrained))))
+    ema = torch.load(os.path.join(run_dir(tmp_path), "ckpt_epoch_0.pth"), weights_only=True)["model_ema"]
+    start = weights(straight)
+    for key in ("patch_embed.proj.weight", "layers.1.blocks.1.mlp.fc2.weight", "head.weight"):
+        torch.testing.assert_close(ema[key], start[key], atol=1e-3, rtol=0)

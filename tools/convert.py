@@ -15,29 +15,34 @@ from typing import Optional
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from models.convert import from_timm, from_torchvision, to_timm, to_torchvision  # noqa: E402
-from utils import UserError, load_checkpoint_file, model_state_from, report_user_error, save_checkpoint  # noqa: E402
+from cli import StrictParser, run_command  # noqa: E402
+from models.convert import detect_layout, from_timm, from_torchvision, to_timm, to_torchvision  # noqa: E402
+from utils import CheckpointError, load_checkpoint_file, model_state_from, save_checkpoint  # noqa: E402
 
 _TO = {"timm": to_timm, "torchvision": to_torchvision}
 _FROM = {"timm": from_timm, "torchvision": from_torchvision}
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    parser = argparse.ArgumentParser("python -m tools.convert", description=__doc__.splitlines()[0])
+    parser = StrictParser("python -m tools.convert", description=__doc__.splitlines()[0])
     direction = parser.add_mutually_exclusive_group(required=True)
     direction.add_argument("--to", choices=sorted(_TO), help="from the reference layout to this one")
     direction.add_argument("--from", dest="source", choices=sorted(_FROM), help="from this layout to the reference")
     parser.add_argument("input")
     parser.add_argument("output")
     args = parser.parse_args(argv)
-    try:
-        state = model_state_from(load_checkpoint_file(args.input), args.input)
-    except UserError as err:
-        return report_user_error(err)
-    if args.to:
-        save_checkpoint(_TO[args.to](state), args.output)
-    else:
-        save_checkpoint({"model": _FROM[args.source](state)}, args.output)
+    return run_command(lambda: _convert(args))
+
+
+def _convert(args: argparse.Namespace) -> int:
+    state = model_state_from(load_checkpoint_file(args.input), args.input)
+    expected, found = ("reference" if args.to else args.source), detect_layout(state)
+    if found != expected:
+        hint = {"reference": "use --to timm or --to torchvision"}.get(found, f"use --from {found}" if found in _FROM
+                                                                       else "pass a Swin checkpoint")
+        raise CheckpointError(f"checkpoint {args.input} is in the {found} layout, not the {expected} one; {hint}")
+    converted = _TO[args.to](state) if args.to else {"model": _FROM[args.source](state)}
+    save_checkpoint(converted, args.output)
     print(f"wrote {args.output}")
     return 0
 

@@ -18,9 +18,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from checkpoint import load_weights  # noqa: E402
+from cli import StrictParser, positive_int, run_command  # noqa: E402
 from config import load_config  # noqa: E402
 from models import build_model  # noqa: E402
-from utils import UserError, load_checkpoint_file, model_state_from, report_user_error  # noqa: E402
+from utils import UserError, load_checkpoint_file, model_state_from  # noqa: E402
 
 
 def export(model: torch.nn.Module, example: torch.Tensor, fmt: str, path: str, opset: int = 18) -> None:
@@ -52,25 +53,29 @@ def run_exported(fmt: str, path: str, images: torch.Tensor) -> Optional[torch.Te
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    parser = argparse.ArgumentParser("python -m tools.export", description=__doc__.splitlines()[0])
+    parser = StrictParser("python -m tools.export", description=__doc__.splitlines()[0])
     parser.add_argument("--cfg", required=True)
     parser.add_argument("--resume", help="checkpoint with the weights (random weights without it)")
     parser.add_argument("--format", choices=("onnx", "torchscript", "export"), default="onnx")
     parser.add_argument("--output", required=True)
-    parser.add_argument("--opset", type=int, default=18)
+    parser.add_argument("--opset", type=positive_int, default=18)
     parser.add_argument("--opts", nargs="+", help="config KEY VALUE pairs")
     args = parser.parse_args(argv)
-    try:
-        opts = list(args.opts or ())
-        state = model_state_from(load_checkpoint_file(args.resume), args.resume) if args.resume else None
-        if state is not None and "head.weight" in state:
-            opts += ["MODEL.NUM_CLASSES", str(state["head.weight"].shape[0])]
-        config = load_config(args.cfg, opts)
-        model = build_model(config).eval()
-        if state is not None:
-            load_weights(model, state, args.resume, "pick the config the checkpoint was trained with")
-    except UserError as err:
-        return report_user_error(err)
+    return run_command(lambda: _export(args))
+
+
+def _export(args: argparse.Namespace) -> int:
+    opts = list(args.opts or ())
+    state = model_state_from(load_checkpoint_file(args.resume), args.resume) if args.resume else None
+    if state is not None and "head.weight" in state:
+        opts += ["MODEL.NUM_CLASSES", str(state["head.weight"].shape[0])]
+    config = load_config(args.cfg, opts)
+    model = build_model(config).eval()
+    if state is not None:
+        load_weights(model, state, args.resume, "pick the config the checkpoint was trained with")
+    output_folder = os.path.dirname(os.path.abspath(args.output))
+    if not os.path.isdir(output_folder):
+        raise UserError(f"--output {args.output}: folder {output_folder} does not exist; create it or pick another")
     size = config.DATA.IMG_SIZE
     export(model, torch.randn(2, 3, size, size), args.format, args.output, args.opset)
     images = torch.randn(3, 3, size, size)

@@ -9,18 +9,38 @@ import os
 import sys
 from typing import Optional
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from cli import StrictParser, run_command  # noqa: E402
+from utils import UserError  # noqa: E402
+
+# The figures each epoch record must hold to be drawn.
+_PLOTTED = ("train_loss", "val_loss", "val_top1", "val_top5", "lr")
+
 
 def read_metrics(run_dir: str) -> list[dict]:
     """The per-epoch records of a run; for an epoch logged twice (a resumed run), the later one."""
     path = os.path.join(run_dir, "metrics.jsonl") if os.path.isdir(run_dir) else run_dir
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"{path} does not exist; point at a run folder that holds metrics.jsonl")
+        raise UserError(f"{path} does not exist; point at a run folder that holds metrics.jsonl")
     by_epoch = {}
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            if line.strip():
-                record = json.loads(line)
-                by_epoch[record["epoch"]] = record
+    try:
+        with open(path, encoding="utf-8") as f:
+            for number, line in enumerate(f, 1):
+                if line.strip():
+                    record = json.loads(line)
+                    by_epoch[record["epoch"]] = record
+    except (ValueError, KeyError, TypeError):
+        raise UserError(f"{path} line {number} is not a metrics record (JSON with an epoch); pass the "
+                        "metrics.jsonl that training wrote") from None
+    if not by_epoch:
+        raise UserError(f"{path} holds no epochs yet; plot it after the first epoch has ended")
+    for record in by_epoch.values():
+        missing = [key for key in _PLOTTED if key not in record]
+        if missing:
+            raise UserError(f"{path} epoch {record['epoch']} has no {missing[0]}; pass the metrics.jsonl that "
+                            "training wrote")
     return [by_epoch[e] for e in sorted(by_epoch)]
 
 
@@ -53,15 +73,17 @@ def plot(records: list[dict], output: str, title: str) -> None:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    parser = argparse.ArgumentParser("python -m tools.plot_metrics", description=__doc__.splitlines()[0])
+    parser = StrictParser("python -m tools.plot_metrics", description=__doc__.splitlines()[0])
     parser.add_argument("run", help="a run folder (or its metrics.jsonl)")
     parser.add_argument("--output", help="PNG path (default: <run>/curves.png)")
     args = parser.parse_args(argv)
-    try:
-        records = read_metrics(args.run)
-    except FileNotFoundError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    return run_command(lambda: _plot(args))
+
+
+def _plot(args: argparse.Namespace) -> int:
+    records = read_metrics(args.run)
+    if args.output and not os.path.isdir(os.path.dirname(os.path.abspath(args.output))):
+        raise UserError(f"--output {args.output}: its folder does not exist; create it or pick another path")
     run_dir = args.run if os.path.isdir(args.run) else os.path.dirname(args.run)
     output = args.output or os.path.join(run_dir, "curves.png")
     plot(records, output, os.path.normpath(run_dir))

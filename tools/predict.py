@@ -23,11 +23,12 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from checkpoint import load_weights  # noqa: E402
+from cli import StrictParser, positive_int, run_command  # noqa: E402
 from config import load_config  # noqa: E402
 from data.datasets import decode_image  # noqa: E402
 from data.transforms import build_transform  # noqa: E402
 from models import build_model  # noqa: E402
-from utils import DataError, UserError, load_checkpoint_file, model_state_from, report_user_error  # noqa: E402
+from utils import DataError, load_checkpoint_file, model_state_from  # noqa: E402
 
 
 def expand_inputs(inputs: list[str]) -> list[str]:
@@ -112,24 +113,29 @@ def write_results(results: list, names: list[str], output: Optional[str]) -> Non
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    parser = argparse.ArgumentParser("python -m tools.predict", description=__doc__.splitlines()[0])
+    parser = StrictParser("python -m tools.predict", description=__doc__.splitlines()[0])
     parser.add_argument("inputs", nargs="+", help="image files, folders or globs")
     parser.add_argument("--cfg", required=True, help="the model's config")
     parser.add_argument("--resume", help="checkpoint with the weights (random weights without it)")
-    parser.add_argument("--topk", type=int, default=5)
-    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--topk", type=positive_int, default=5)
+    parser.add_argument("--batch-size", type=positive_int, default=32)
     parser.add_argument("--output", help="write predictions to a .json or .csv file")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--opts", nargs="+", help="config KEY VALUE pairs")
     args = parser.parse_args(argv)
-    try:
-        model, config, names = load_model(args)
-        device = torch.device(args.device)
-        results = predict(model.to(device), build_transform(False, config), expand_inputs(args.inputs), args.topk,
-                          args.batch_size, device)
-        write_results(results, names, args.output)
-    except UserError as err:
-        return report_user_error(err)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda but no CUDA device is visible; use --device cpu")
+    return run_command(lambda: _predict(args))
+
+
+def _predict(args: argparse.Namespace) -> int:
+    if args.output and not os.path.isdir(os.path.dirname(os.path.abspath(args.output))):
+        raise DataError(f"--output {args.output}: its folder does not exist; create it or pick another path")
+    model, config, names = load_model(args)
+    device = torch.device(args.device)
+    results = predict(model.to(device), build_transform(False, config), expand_inputs(args.inputs), args.topk,
+                      args.batch_size, device)
+    write_results(results, names, args.output)
     return 0
 
 

@@ -1,0 +1,63 @@
+"""The one error path of main.py and every tool: strict flags, and each user mistake as one `error:` line.
+
+Flags: an unknown or misspelt flag, a missing value, a flag given twice, all end in one line
+(with the nearest flag where there is one) and exit code 2. A `UserError` anywhere in the
+command, or an OS error on a file the user named (a folder where a file was expected, no
+permission), becomes one line and exit code 2; anything else is a bug and keeps its traceback.
+"""
+
+import argparse
+import difflib
+import sys
+from typing import Callable, NoReturn, Optional
+
+from utils import UserError, report_user_error
+
+
+class StrictParser(argparse.ArgumentParser):
+    """argparse that reports a bad command line in one line and refuses a flag given twice."""
+
+    def error(self, message: str) -> NoReturn:
+        if "unrecognized arguments:" in message:
+            unknown = message.split(":", 1)[1].split()
+            flags = [s for a in self._actions for s in a.option_strings]
+            close = [m for u in unknown if u.startswith("-") for m in difflib.get_close_matches(u, flags, n=1)]
+            if close:
+                message += f" (did you mean {close[0]}?)"
+        print(f"error: {message}; see `{self.prog} --help`", file=sys.stderr)
+        sys.exit(2)
+
+    def parse_args(self, args: Optional[list[str]] = None, namespace: Optional[argparse.Namespace] = None
+                   ) -> argparse.Namespace:
+        argv = sys.argv[1:] if args is None else list(args)
+        for action in self._actions:
+            if not action.option_strings or action.nargs == 0:
+                continue
+            uses = [a for a in argv if a.split("=", 1)[0] in action.option_strings]
+            if len(uses) > 1:
+                self.error(f"{action.option_strings[0]} is given {len(uses)} times; give it once"
+                           + (" with all its values" if action.nargs == "+" else ""))
+        return super().parse_args(argv, namespace)
+
+
+def run_command(body: Callable[[], int], show_errors: bool = True) -> int:
+    """Run a command's body; a user mistake is one `error:` line (when `show_errors`) and exit code 2."""
+    try:
+        return body()
+    except UserError as err:
+        return report_user_error(err, show=show_errors or not getattr(err, "agreed", False))
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError, FileExistsError) as err:
+        what = f"{err.filename}" if err.filename else "a file"
+        return report_user_error(UserError(f"{what} cannot be used ({err.strerror}); check the path and its "
+                                           "permissions"), show=show_errors)
+
+
+def positive_int(text: str) -> int:
+    """argparse type for counts: a whole number of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not a positive number")
+    return value

@@ -1,0 +1,162 @@
+"""Checks on a merged config: every choice key among its choices, every number in its range, and an
+architecture the data size can be cut into. Each failure is one ConfigError naming the key and the fix.
+"""
+
+import math
+from dataclasses import dataclass
+from typing import Any, Optional
+
+from yacs.config import CfgNode as CN
+
+from utils import ConfigError
+
+CHOICES = {
+    "DATA.DATASET": ("imagenet", "imagenet22K", "folder", "fake", "digits"),
+    "DATA.INTERPOLATION": ("random", "bilinear", "bicubic"),
+    "DATA.CACHE_MODE": ("no", "full", "part"),
+    "DATA.DECODE_ERRORS": ("fail", "skip"),
+    "MODEL.TYPE": ("swin", "swinv2", "swin_mlp"),
+    "MODEL.ATTN_IMPL": ("auto", "sdpa", "plain"),
+    "TRAIN.LR_SCHEDULER.NAME": ("cosine", "linear", "step", "multistep"),
+    "TRAIN.OPTIMIZER.NAME": ("adamw", "sgd"),
+    "AUG.REMODE": ("pixel", "rand", "const"),
+    "AUG.MIXUP_MODE": ("batch", "pair", "elem"),
+    "AMP_DTYPE": ("fp16", "bf16"),
+    "DEVICE": ("auto", "cpu", "cuda"),
+}
+
+
+@dataclass(frozen=True)
+class Range:
+    """Allowed values of a numeric key (of each element, for a list key); `high` None means unbounded."""
+
+    low: float
+    high: Optional[float] = None
+    high_open: bool = False
+    low_open: bool = False
+    integer: bool = False
+
+    def holds(self, value: Any) -> bool:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            return False
+        if self.integer and not isinstance(value, int):
+            return False
+        above = value > self.low if self.low_open else value >= self.low
+        below = self.high is None or (value < self.high if self.high_open else value <= self.high)
+        return above and below
+
+    def describe(self) -> str:
+        kind = "an integer" if self.integer else "a finite number"
+        if self.high is None:
+            return f"{kind} {'>' if self.low_open else '>='} {self.low:g}"
+        return (f"{kind} in {'(' if self.low_open else '['}{self.low:g}, {self.high:g}"
+                f"{')' if self.high_open else ']'}")
+
+
+COUNT = Range(1, integer=True)  # 1, 2, ...
+NON_NEGATIVE_INT = Range(0, integer=True)
+POSITIVE = Range(0, low_open=True)
+NON_NEGATIVE = Range(0)
+PROBABILITY = Range(0, 1)
+FRACTION_BELOW_ONE = Range(0, 1, high_open=True)
+
+_ARCHITECTURE = {"PATCH_SIZE": COUNT, "IN_CHANS": COUNT, "EMBED_DIM": COUNT, "DEPTHS": COUNT, "NUM_HEADS": COUNT,
+                 "WINDOW_SIZE": COUNT, "MLP_RATIO": POSITIVE}
+RANGES = {
+    "DATA.BATCH_SIZE": COUNT, "DATA.IMG_SIZE": COUNT, "DATA.NUM_WORKERS": NON_NEGATIVE_INT,
+    "DATA.MASK_PATCH_SIZE": COUNT, "DATA.MASK_RATIO": PROBABILITY,
+    "MODEL.NUM_CLASSES": NON_NEGATIVE_INT, "MODEL.DROP_RATE": FRACTION_BELOW_ONE,
+    "MODEL.DROP_PATH_RATE": FRACTION_BELOW_ONE, "MODEL.LABEL_SMOOTHING": FRACTION_BELOW_ONE,
+    **{f"MODEL.{family}.{key}": rule for family in ("SWIN", "SWINV2", "SWIN_MLP")
+       for key, rule in _ARCHITECTURE.items()},
+    "MODEL.SWIN.QK_SCALE": POSITIVE, "MODEL.SWINV2.PRETRAINED_WINDOW_SIZES": NON_NEGATIVE_INT,
+    "TRAIN.START_EPOCH": NON_NEGATIVE_INT, "TRAIN.EPOCHS": COUNT, "TRAIN.WARMUP_EPOCHS": NON_NEGATIVE,
+    "TRAIN.WEIGHT_DECAY": NON_NEGATIVE, "TRAIN.BASE_LR": POSITIVE, "TRAIN.WARMUP_LR": NON_NEGATIVE,
+    "TRAIN.MIN_LR": NON_NEGATIVE, "TRAIN.CLIP_GRAD": NON_NEGATIVE, "TRAIN.ACCUMULATION_STEPS": COUNT,
+    "TRAIN.MAX_NONFINITE": COUNT, "TRAIN.SAVE_STEPS": NON_NEGATIVE_INT, "TRAIN.EMA_DECAY": FRACTION_BELOW_ONE,
+    "TRAIN.KEEP_CHECKPOINTS": NON_NEGATIVE_INT, "TRAIN.LR_SCHEDULER.DECAY_EPOCHS": POSITIVE,
+    "TRAIN.LR_SCHEDULER.DECAY_RATE": POSITIVE, "TRAIN.LR_SCHEDULER.GAMMA": POSITIVE,
+    "TRAIN.LR_SCHEDULER.MULTISTEPS": NON_NEGATIVE, "TRAIN.OPTIMIZER.EPS": POSITIVE,
+    "TRAIN.OPTIMIZER.BETAS": FRACTION_BELOW_ONE, "TRAIN.OPTIMIZER.MOMENTUM": FRACTION_BELOW_ONE,
+    "TRAIN.LAYER_DECAY": Range(0, 1, low_open=True),
+    "AUG.COLOR_JITTER": NON_NEGATIVE, "AUG.REPROB": PROBABILITY, "AUG.RECOUNT": COUNT, "AUG.MIXUP": NON_NEGATIVE,
+    "AUG.CUTMIX": NON_NEGATIVE, "AUG.CUTMIX_MINMAX": Range(0, 1, low_open=True), "AUG.MIXUP_PROB": PROBABILITY,
+    "AUG.MIXUP_SWITCH_PROB": PROBABILITY,
+    "SAVE_FREQ": COUNT, "PRINT_FREQ": COUNT, "SEED": NON_NEGATIVE_INT, "LOCAL_RANK": NON_NEGATIVE_INT,
+}
+# List keys and the number of elements they must have (None: any number, at least one).
+_LIST_LENGTHS = {"TRAIN.OPTIMIZER.BETAS": 2, "AUG.CUTMIX_MINMAX": 2, "TRAIN.LR_SCHEDULER.MULTISTEPS": 0}
+
+
+def value_at(cfg: CN, full_key: str) -> Any:
+    value = cfg
+    for part in full_key.split("."):
+        value = value[part]
+    return value
+
+
+def _check_range(full_key: str, value: Any, rule: Range) -> None:
+    if value is None and full_key in ("MODEL.SWIN.QK_SCALE", "AUG.CUTMIX_MINMAX"):
+        return
+    if isinstance(value, (list, tuple)):
+        wanted = _LIST_LENGTHS.get(full_key)
+        if (wanted and len(value) != wanted) or (wanted is None and not value):
+            size = f"{wanted} numbers" if wanted else "one number or more"
+            raise ConfigError(f"config key {full_key} is {list(value)}; it takes {size}")
+        bad = [v for v in value if not rule.holds(v)]
+        if bad:
+            raise ConfigError(f"config key {full_key} is {list(value)}; each element must be {rule.describe()} "
+                              f"({bad[0]!r} is not)")
+        return
+    if not rule.holds(value):
+        raise ConfigError(f"config key {full_key} is {value!r}; it must be {rule.describe()}")
+
+
+def validate_config(cfg: CN) -> None:
+    """Fail early, with one line, on values the model or data code could not use."""
+    for full_key, allowed in CHOICES.items():
+        value = value_at(cfg, full_key)
+        if value not in allowed:
+            raise ConfigError(f"config key {full_key} is {value!r}; use one of {', '.join(allowed)}")
+    for full_key, rule in RANGES.items():
+        _check_range(full_key, value_at(cfg, full_key), rule)
+    if not cfg.TRAIN.WARMUP_EPOCHS < cfg.TRAIN.EPOCHS:
+        raise ConfigError(f"TRAIN.WARMUP_EPOCHS is {cfg.TRAIN.WARMUP_EPOCHS} with TRAIN.EPOCHS {cfg.TRAIN.EPOCHS}; "
+                          "warm-up must be shorter than training")
+    if cfg.AUG.CUTMIX_MINMAX is not None and cfg.AUG.CUTMIX_MINMAX[0] >= cfg.AUG.CUTMIX_MINMAX[1]:
+        raise ConfigError(f"config key AUG.CUTMIX_MINMAX is {list(cfg.AUG.CUTMIX_MINMAX)}; give [min, max] with "
+                          "min < max")
+    _validate_architecture(cfg)
+
+
+def _stage_sizes(img_size: int, patch_size: int, num_stages: int) -> list[int]:
+    return [img_size // patch_size // 2**i for i in range(num_stages)]
+
+
+def _validate_architecture(cfg: CN) -> None:
+    group_name = {"swin": "SWIN", "swinv2": "SWINV2", "swin_mlp": "SWIN_MLP"}[cfg.MODEL.TYPE]
+    arch = cfg.MODEL[group_name]
+    prefix = f"MODEL.{group_name}"
+    if len(arch.DEPTHS) != len(arch.NUM_HEADS):
+        raise ConfigError(f"{prefix}.DEPTHS and {prefix}.NUM_HEADS must be lists of the same length "
+                          f"(one entry per stage); got {len(arch.DEPTHS)} and {len(arch.NUM_HEADS)}")
+    if group_name == "SWINV2" and len(arch.PRETRAINED_WINDOW_SIZES) < len(arch.DEPTHS):
+        raise ConfigError(f"{prefix}.PRETRAINED_WINDOW_SIZES has {len(arch.PRETRAINED_WINDOW_SIZES)} entries for "
+                          f"{len(arch.DEPTHS)} stages; give one per stage (0: same as now)")
+    stride = arch.PATCH_SIZE * 2 ** (len(arch.DEPTHS) - 1)
+    if cfg.DATA.IMG_SIZE % stride:
+        raise ConfigError(
+            f"DATA.IMG_SIZE {cfg.DATA.IMG_SIZE} is not divisible by PATCH_SIZE x 2^(stages-1) = {stride}; "
+            f"use a multiple of {stride}"
+        )
+    for stage, (size, heads) in enumerate(zip(_stage_sizes(cfg.DATA.IMG_SIZE, arch.PATCH_SIZE, len(arch.DEPTHS)),
+                                              arch.NUM_HEADS)):
+        if size > arch.WINDOW_SIZE and size % arch.WINDOW_SIZE:
+            raise ConfigError(
+                f"{prefix}.WINDOW_SIZE {arch.WINDOW_SIZE} does not tile stage {stage} ({size}x{size} tokens at "
+                f"DATA.IMG_SIZE {cfg.DATA.IMG_SIZE}); pick a window that divides {size}"
+            )
+        channels = arch.EMBED_DIM * 2**stage
+        if channels % heads:
+            raise ConfigError(f"{prefix}.NUM_HEADS[{stage}] = {heads} does not divide the {channels} channels of "
+                              f"stage {stage}; pick a divisor")

@@ -1,0 +1,398 @@
+"""Every mistake through main.py is one `error:` line, exit code 2, no traceback, and a finished run's folder
+byte-identical afterwards: config files, values, command lines, output locations, data, checkpoints.
+
+The table runs main.main() in this process (a few cases also as a real process and under torchrun);
+the value cases are generated from config_checks.RANGES, so a key added there is tested here.
+"""
+
+import os
+import shutil
+import subprocess
+import sys
+import zipfile
+
+import pytest
+import torch
+from bad_inputs import assert_one_error_line, call, corrupt_member_crc, image_tree, png_header_only, zip_tree
+from conftest import ROOT, TINY_CFG, assert_torchrun_user_error, assert_user_error, digest, run_main
+
+import main as main_module
+from config_checks import CHOICES, RANGES, Range
+
+DIGITS = ("DATA.DATASET", "digits", "TRAIN.EPOCHS", "2", "PRINT_FREQ", "1000")
+FOLDERS = ("DATA.DATASET", "'imagenet'", "DATA.BATCH_SIZE", "4", "MODEL.NUM_CLASSES", "2")
+
+
+def run_dir(output) -> str:
+    return os.path.join(str(output), "swin_tiny_test", "default")
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    """A finished two-epoch run; every case below points --output at it and must leave it as it is."""
+    output = tmp_path_factory.mktemp("finished")
+    result = run_main("--cfg", TINY_CFG, "--output", str(output), "--opts", *DIGITS)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return output
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory, finished):
+    """Bad files of every kind, made once."""
+    root = tmp_path_factory.mktemp("bad_files")
+    paths = {}
+
+    def write(name: str, data: bytes | str) -> str:
+        path = root / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data if isinstance(data, bytes) else data.encode("utf-8"))
+        paths[name.split(".")[0].split("/")[-1]] = str(path)
+        return str(path)
+
+    checkpoint = os.path.join(run_dir(finished), "ckpt_epoch_1.pth")
+    write("binary.yaml", bytes(range(256)) * 4)
+    write("utf16.yaml", "DATA:\n  BATCH_SIZE: 4\n".encode("utf-16"))
+    write("base_string.yaml", "BASE: tiny.yaml\n")
+    write("duplicate.yaml", f"BASE: ['{TINY_CFG}']\nDATA:\n  BATCH_SIZE: 4\n  BATCH_SIZE: 8\n")
+    write("top_list.yaml", "- DATA\n- MODEL\n")
+    write("unknown_key.yaml", "TRAIN:\n  EPOCS: 3\n")
+    write("group_scalar.yaml", "DATA: 3\n")
+    write("loop.yaml", "BASE: ['loop.yaml']\n")
+    write("missing_base.yaml", "BASE: ['nowhere.yaml']\n")
+    write("wrong_type.yaml", "TRAIN:\n  EPOCHS: many\n")
+    write("nan_lr.yaml", f"BASE: ['{TINY_CFG}']\nTRAIN:\n  BASE_LR: .nan\n")
+    write("inf_lr.yaml", f"BASE: ['{TINY_CFG}']\nTRAIN:\n  MIN_LR: .inf\n")
+    write("bad_syntax.yaml", "DATA: [1, 2\n")
+    write("notes.txt", "not a checkpoint\n")
+    with open(checkpoint, "rb") as f:
+        whole = f.read()
+    write("cut.pth", whole[:5000])
+    write("empty.pth", b"")
+    paths["checkpoint_as_cfg"] = checkpoint
+    paths["list_ckpt"] = str(root / "list.pth")
+    torch.save([1, 2, 3], paths["list_ckpt"])
+    payload = torch.load(checkpoint, weights_only=True)
+    payload["model"]["layers.0.blocks.0.mlp.fc1.weight"][0, 0] = float("nan")
+    paths["nan_ckpt"] = str(root / "nan.pth")
+    torch.save(payload, paths["nan_ckpt"])
+    paths["no_model"] = str(root / "no_model.pth")
+    torch.save({"epoch": 3, "notes": "no weights"}, paths["no_model"])
+    paths["folder"] = str(root)
+    paths["long"] = str(root / ("x" * 300))
+    return paths
+
+
+def t(*argv: str, opts: tuple = ()) -> tuple:
+    """A command line with the tiny config; `opts` are added after the digits run's own."""
+    return ("--cfg", TINY_CFG, *argv), opts
+
+
+CONFIG_FILE_CASES = {
+    "binary file": ((("--cfg", "{binary}"), ()), ("binary.yaml", "UTF-8")),
+    "utf-16 file": ((("--cfg", "{utf16}"), ()), ("utf16.yaml", "UTF-8")),
+    "checkpoint as config": ((("--cfg", "{checkpoint_as_cfg}"), ()), ("ckpt_epoch_1.pth",)),
+    "BASE as a string": ((("--cfg", "{base_string}"), ()), ("BASE", "list")),
+    "duplicated key": ((("--cfg", "{duplicate}"), ()), ("BATCH_SIZE twice", "line 4")),
+    "list at top level": ((("--cfg", "{top_list}"), ()), ("KEY: VALUE",)),
+    "unknown key in file": ((("--cfg", "{unknown_key}"), ()), ("TRAIN.EPOCS", "did you mean TRAIN.EPOCHS")),
+    "group given a value": ((("--cfg", "{group_scalar}"), ()), ("DATA", "group")),
+    "BASE loop": ((("--cfg", "{loop}"), ()), ("includes itself",)),
+    "missing BASE file": ((("--cfg", "{missing_base}"), ()), ("nowhere.yaml", "does not exist")),
+    "wrong type in file": ((("--cfg", "{wrong_type}"), ()), ("TRAIN.EPOCHS", "int")),
+    "NaN learning rate": ((("--cfg", "{nan_lr}"), ()), ("TRAIN.BASE_LR", "finite")),
+    "infinite learning rate": ((("--cfg", "{inf_lr}"), ()), ("TRAIN.MIN_LR", "finite")),
+    "YAML syntax": ((("--cfg", "{bad_syntax}"), ()), ("bad_syntax.yaml", "line")),
+    "config is a folder": ((("--cfg", "{folder}"), ()), ("is a folder",)),
+    "missing config": ((("--cfg", "/no/such.yaml"), ()), ("/no/such.yaml", "does not exist")),
+}
+
+
+def _bad_value(rule: Range) -> float:
+    if rule.high is not None:
+        return rule.high if rule.high_open else rule.high + 1
+    return rule.low if rule.low_open else rule.low - 1
+
+
+def _bad_value_text(key: str, rule: Range) -> str:
+    bad = _bad_value(rule)
+    bad = int(bad) if rule.integer else float(bad)
+    lists = {"MODEL.SWIN.DEPTHS", "MODEL.SWIN.NUM_HEADS", "MODEL.SWINV2.DEPTHS", "MODEL.SWINV2.NUM_HEADS",
+             "MODEL.SWIN_MLP.DEPTHS", "MODEL.SWIN_MLP.NUM_HEADS", "MODEL.SWINV2.PRETRAINED_WINDOW_SIZES",
+             "TRAIN.OPTIMIZER.BETAS", "TRAIN.LR_SCHEDULER.MULTISTEPS", "AUG.CUTMIX_MINMAX"}
+    if key in lists:
+        return f"[{bad}, {bad}]"
+    return str(bad)
+
+
+VALUE_CASES = {f"{key} out of range": (t(opts=(key, _bad_value_text(key, rule))), (key,))
+               for key, rule in RANGES.items()}
+VALUE_CASES.update({f"{key} not a choice": (t(opts=(key, "'bogus'")), (key, "use one of")) for key in CHOICES})
+VALUE_CASES.update({
+    "string for a number": (t(opts=("TRAIN.BASE_LR", "fast")), ("TRAIN.BASE_LR", "float")),
+    "float for an integer": (t(opts=("DATA.BATCH_SIZE", "4.5")), ("DATA.BATCH_SIZE", "int")),
+    "text for a list": (t(opts=("MODEL.SWIN.DEPTHS", "two")), ("MODEL.SWIN.DEPTHS",)),
+    "depths and heads of other lengths": (t(opts=("MODEL.SWIN.DEPTHS", "[2, 2, 2]")), ("same length",)),
+    "warm-up as long as training": (t(opts=("TRAIN.WARMUP_EPOCHS", "2")), ("TRAIN.WARMUP_EPOCHS",)),
+    "cutmix min above max": (t(opts=("AUG.CUTMIX_MINMAX", "[0.8, 0.2]")), ("AUG.CUTMIX_MINMAX", "min < max")),
+    "windows cannot tile": (t(opts=("DATA.IMG_SIZE", "48", "MODEL.SWIN.WINDOW_SIZE", "5")), ("does not tile",)),
+    "size not divisible": (t(opts=("DATA.IMG_SIZE", "36")), ("DATA.IMG_SIZE 36",)),
+    "heads do not divide channels": (t(opts=("MODEL.SWIN.NUM_HEADS", "[3, 4]")), ("NUM_HEADS[0]",)),
+    "unknown key": (t(opts=("TRAIN.EPOCS", "3")), ("TRAIN.EPOCS", "did you mean TRAIN.EPOCHS")),
+    "accumulation longer than an epoch": (t(opts=("TRAIN.ACCUMULATION_STEPS", "500")),
+                                          ("TRAIN.ACCUMULATION_STEPS 500", "batches")),
+    "more classes than the data": (t(opts=("MODEL.NUM_CLASSES", "7")), ("MODEL.NUM_CLASSES is 7",)),
+})
+
+COMMAND_LINE_CASES = {
+    "eval with throughput": (t("--eval", "--throughput"), ("--eval and --throughput",)),
+    "opts twice": ((("--cfg", TINY_CFG, "--opts", "TRAIN.EPOCHS", "3", "--opts", "DATA.BATCH_SIZE", "4"), ()),
+                   ("--opts is given", "give it once")),
+    "a key without its value": (t(opts=("TRAIN.EPOCHS", "DATA.BATCH_SIZE", "4")),
+                                ("TRAIN.EPOCHS has no value", "DATA.BATCH_SIZE follows")),
+    "last key without value": (t(opts=("TRAIN.EPOCHS",)), ("TRAIN.EPOCHS has no value",)),
+    "cfg twice": ((("--cfg", TINY_CFG, "--cfg", TINY_CFG), ()), ("--cfg is given 2 times",)),
+    "misspelt flag": (t("--batch_sise", "4"), ("--batch_sise", "did you mean --batch-size")),
+    "flag value not a number": (t("--batch-size", "many"), ("--batch-size", "invalid int")),
+    "negative batch size": (t("--batch-size", "-4"), ("DATA.BATCH_SIZE is -4",)),
+    "cache mode not a choice": (t("--cache-mode", "some"), ("--cache-mode",)),
+    "device not a choice": (t("--device", "tpu"), ("--device",)),
+    "missing cfg": (((), ()), ("--cfg",)),
+    "flag without value": (t("--data-path"), ("--data-path",)),
+    "eval without weights": (t("--eval"), ("--eval needs weights",)),
+}
+
+CHECKPOINT_CASES = {
+    "text file": (t("--resume", "{notes}"), ("notes.txt cannot be read",)),
+    "truncated": (t("--resume", "{cut}"), ("cut.pth cannot be read",)),
+    "empty file": (t("--resume", "{empty}"), ("empty.pth",)),
+    "missing": (t("--resume", "/no/such.pth"), ("/no/such.pth does not exist",)),
+    "a folder": (t("--resume", "{folder}"), ("is a folder",)),
+    "a list, not a dict": (t("--resume", "{list_ckpt}"), ("list.pth holds a list",)),
+    "no model weights": (t("--resume", "{no_model}"), ("no_model.pth holds no model weights",)),
+    "NaN weights": (t("--resume", "{nan_ckpt}"), ("non-finite values in layers.0.blocks.0.mlp.fc1.weight",)),
+    "NaN weights to evaluate": (t("--eval", "--resume", "{nan_ckpt}"), ("non-finite values",)),
+    "another model": (t("--resume", "{checkpoint_as_cfg}", opts=("MODEL.SWIN.EMBED_DIM", "32")),
+                      ("does not fit this model", "--pretrained")),
+    "pretrained missing": (t("--tag", "fresh", "--pretrained", "/no/weights.pth"), ("/no/weights.pth does not exist",)),
+    "pretrained text": (t("--tag", "fresh", "--pretrained", "{notes}"), ("notes.txt cannot be read",)),
+    "pretrained NaN": (t("--tag", "fresh", "--pretrained", "{nan_ckpt}"), ("non-finite values",)),
+    "eval from a truncated file": (t("--eval", "--resume", "{cut}"), ("cut.pth cannot be read",)),
+}
+
+
+def _data_files(root) -> dict:
+    """Data sets that lie, each in its own folder under `root`."""
+    sets = {"good": image_tree(str(root / "good"))}
+    sets["no_val"] = image_tree(str(root / "no_val"))
+    shutil.rmtree(os.path.join(sets["no_val"], "val"))
+    sets["other_val_names"] = image_tree(str(root / "other_val_names"))
+    os.rename(os.path.join(sets["other_val_names"], "val", "b"), os.path.join(sets["other_val_names"], "val", "c"))
+    sets["empty_class"] = image_tree(str(root / "empty_class"))
+    os.makedirs(os.path.join(sets["empty_class"], "train", "c"))
+    sets["bomb"] = image_tree(str(root / "bomb"))
+    (root / "file_not_folder").write_text("x")
+    sets["file_not_folder"] = str(root / "file_not_folder")
+    for name in ("not_zip", "cut_zip", "negative", "val_out_of_range", "latin1_map", "bad_line", "missing_member"):
+        sets[name] = zip_tree(str(root / name))
+    (root / "not_zip" / "train.zip").write_text("hello")
+    cut = root / "cut_zip" / "train.zip"
+    cut.write_bytes(cut.read_bytes()[:200])
+    (root / "negative" / "train_map.txt").write_text("a/0.png\t-1\n" + (root / "negative" / "train_map.txt")
+                                                     .read_text().split("\n", 1)[1])
+    (root / "val_out_of_range" / "val_map.txt").write_text("a/0.png\t0\nb/0.png\t5\n")
+    (root / "latin1_map" / "train_map.txt").write_bytes("a/0.png\t0\nb/é.png\t1\n".encode("latin-1"))
+    (root / "bad_line" / "train_map.txt").write_text("a/0.png 0\n")
+    (root / "missing_member" / "train_map.txt").write_text("a/0.png\t0\na/99.png\t1\n")
+    return sets
+
+
+DATA_CASES = {
+    "missing data path": (("/no/such/data", ()), ("/no/such/data", "does not exist")),
+    "data path is a file": (("{file_not_folder}", ()), ("file_not_folder",)),
+    "no val folder": (("{no_val}", ()), ("val", "does not exist")),
+    "validation classes with other names": (("{other_val_names}", ()), ("'c' is only in validation",)),
+    "empty class folder": (("{empty_class}", ()), ("class folder", "has no images")),
+    "not a zip": (("{not_zip}", ("DATA.ZIP_MODE", "True")), ("train.zip cannot be opened",)),
+    "truncated zip": (("{cut_zip}", ("DATA.ZIP_MODE", "True")), ("train.zip cannot be opened",)),
+    "negative label": (("{negative}", ("DATA.ZIP_MODE", "True")), ("train_map.txt line 1", "label -1")),
+    "validation label out of range": (("{val_out_of_range}", ("DATA.ZIP_MODE", "True")), ("b/0.png label 5",)),
+    "map not UTF-8": (("{latin1_map}", ("DATA.ZIP_MODE", "True")), ("train_map.txt is not UTF-8",)),
+    "map line without a tab": (("{bad_line}", ("DATA.ZIP_MODE", "True")), ("train_map.txt line 1",)),
+    "map names a missing member": (("{missing_member}", ("DATA.ZIP_MODE", "True")), ("a/99.png",)),
+}
+
+
+def _case_argv(case: tuple, names: dict, output) -> list:
+    argv, opts = case
+    argv = [a.format(**names) for a in argv]
+    if "--cfg" not in argv:
+        return [*argv, "--output", str(output)]
+    return [*argv, "--output", str(output), "--opts", *DIGITS, *opts]
+
+
+ALL_MAIN_CASES = {**{f"config: {k}": v for k, v in CONFIG_FILE_CASES.items()},
+                  **{f"value: {k}": v for k, v in VALUE_CASES.items()},
+                  **{f"command line: {k}": v for k, v in COMMAND_LINE_CASES.items()},
+                  **{f"checkpoint: {k}": v for k, v in CHECKPOINT_CASES.items()}}
+
+
+@pytest.mark.parametrize("name", sorted(ALL_MAIN_CASES))
+def test_main_bad_input_is_one_line_and_damages_nothing(name, finished, files, capsys):
+    case, fragments = ALL_MAIN_CASES[name]
+    before = digest(run_dir(finished))
+    code, out, err = call(main_module.main, _case_argv(case, files, finished), capsys)
+    assert_one_error_line(code, out, err, *[f.format(**files) for f in fragments])
+    assert digest(run_dir(finished)) == before
+
+
+@pytest.fixture(scope="module")
+def data_sets(tmp_path_factory):
+    return _data_files(tmp_path_factory.mktemp("data_sets"))
+
+
+@pytest.mark.parametrize("name", sorted(DATA_CASES))
+def test_main_bad_data_is_one_line_and_damages_nothing(name, finished, data_sets, capsys):
+    (path, opts), fragments = DATA_CASES[name]
+    before = digest(run_dir(finished))
+    argv = ["--cfg", TINY_CFG, "--output", str(finished), "--data-path", path.format(**data_sets),
+            "--opts", *DIGITS, *FOLDERS, *opts]
+    code, out, err = call(main_module.main, argv, capsys)
+    assert_one_error_line(code, out, err, *fragments)
+    assert digest(run_dir(finished)) == before
+
+
+def test_the_value_table_covers_every_ranged_key():
+    assert len(VALUE_CASES) >= len(RANGES) + len(CHOICES) and len(ALL_MAIN_CASES) + len(DATA_CASES) >= 120
+
+
+OUTPUT_CASES = {
+    "output is a file": ("{file}", ("cannot be written", "Not a directory")),
+    "output name too long": ("{long}", ("cannot be written", "too long")),
+}
+
+
+@pytest.mark.parametrize("name", sorted(OUTPUT_CASES))
+def test_output_locations_that_cannot_be_written(name, tmp_path, capsys):
+    (tmp_path / "file").write_text("x")
+    names = {"file": str(tmp_path / "file"), "long": str(tmp_path / ("x" * 300))}
+    template, fragments = OUTPUT_CASES[name]
+    argv = ["--cfg", TINY_CFG, "--output", template.format(**names), "--opts", *DIGITS]
+    code, out, err = call(main_module.main, argv, capsys)
+    assert_one_error_line(code, out, err, *fragments)
+
+
+def test_a_full_disk_keeps_the_previous_checkpoint_and_leaves_no_temporary(tmp_path):
+    from utils import UserError, save_checkpoint
+
+    small = tmp_path / "small"
+    small.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(small)], capture_output=True
+                      ).returncode:
+        pytest.skip("a small tmpfs cannot be mounted here (needs root)")
+    try:
+        save_checkpoint({"x": torch.zeros(10)}, str(small / "ckpt.pth"))
+        with pytest.raises(UserError, match=r"no space left on the device of .*ckpt\.pth"):
+            save_checkpoint({"x": torch.zeros(1_000_000)}, str(small / "ckpt.pth"))
+        assert os.listdir(small) == ["ckpt.pth"]
+        assert torch.load(small / "ckpt.pth", weights_only=True)["x"].shape == (10,)
+    finally:
+        subprocess.run(["umount", str(small)], capture_output=True)
+
+
+def _train_folders(root: str, *opts: str, workers: str = "0") -> tuple:
+    argv = ["--cfg", TINY_CFG, "--output", os.path.join(root, "out"), "--data-path", root, "--opts", *DIGITS,
+            *FOLDERS, "DATA.NUM_WORKERS", workers, *opts]
+    return argv, run_dir(os.path.join(root, "out"))
+
+
+@pytest.mark.parametrize("workers", ["0", "2"])
+def test_undecodable_training_images_name_the_file(workers, tmp_path, capsys):
+    root = image_tree(str(tmp_path / "data"))
+    (tmp_path / "data" / "train" / "a" / "3.png").write_bytes(b"")
+    (tmp_path / "data" / "train" / "b" / "4.png").write_bytes(png_header_only(200_000, 200_000))
+    argv, _ = _train_folders(root, workers=workers)
+    code, out, err = call(main_module.main, argv, capsys)
+    assert_one_error_line(code, out, err, "cannot be decoded")
+    assert "3.png cannot be decoded (empty file)" in err or "4.png cannot be decoded (too large" in err
+
+
+def test_zip_members_with_a_bad_crc_or_no_bytes_name_the_member(tmp_path, capsys):
+    root = zip_tree(str(tmp_path / "crc"))
+    corrupt_member_crc(os.path.join(root, "train.zip"), "a/3.png")
+    argv, _ = _train_folders(root, "DATA.ZIP_MODE", "True")
+    code, out, err = call(main_module.main, argv, capsys)
+    assert_one_error_line(code, out, err, "train.zip:a/3.png cannot be read from the zip", "damaged")
+    root = zip_tree(str(tmp_path / "empty"))
+    with zipfile.ZipFile(os.path.join(root, "train.zip"), "a") as archive:
+        archive.writestr("a/empty.png", b"")
+    with open(os.path.join(root, "train_map.txt"), "a", encoding="utf-8") as f:
+        f.write("a/empty.png\t0\n")
+    argv, _ = _train_folders(root, "DATA.ZIP_MODE", "True")
+    code, out, err = call(main_module.main, argv, capsys)
+    assert_one_error_line(code, out, err, "a/empty.png cannot be decoded (empty file)")
+    assert "BytesIO" not in err
+
+
+def test_a_corrupt_validation_image_costs_no_training_and_skip_counts_it(tmp_path, capsys):
+    root = image_tree(str(tmp_path / "data"))
+    (tmp_path / "data" / "val" / "b" / "1.png").write_bytes(b"not a png")
+    argv, folder = _train_folders(root, "TRAIN.EPOCHS", "1", "TRAIN.WARMUP_EPOCHS", "0")
+    code, out, err = call(main_module.main, argv, capsys)
+    assert_one_error_line(code, out, err, "val/b/1.png cannot be decoded")
+    saved = [n for n in os.listdir(folder) if n.startswith("ckpt_epoch_0_step_")]
+    assert saved, os.listdir(folder)
+    code, out, err = call(main_module.main, argv[:-4] + ["DATA.DECODE_ERRORS", "'skip'", *argv[-4:]], capsys)
+    assert code == 0, err
+    assert "resumed from" in out and "train 0 [" not in out and "skipped: image" in out
+    assert "epoch 0: val top-1" in out and os.path.exists(os.path.join(folder, "ckpt_epoch_0.pth"))
+
+
+def test_tiny_and_other_sized_images_at_32px_train_and_evaluate(tmp_path, capsys):
+    root = image_tree(str(tmp_path / "data"))
+    from PIL import Image
+
+    Image.new("RGB", (1, 1), (9, 9, 9)).save(tmp_path / "data" / "train" / "a" / "0.png")
+    Image.new("RGB", (50, 20), (9, 9, 9)).save(tmp_path / "data" / "val" / "a" / "0.png")
+    argv, folder = _train_folders(root, "TRAIN.EPOCHS", "1", "TRAIN.WARMUP_EPOCHS", "0")
+    code, out, err = call(main_module.main, argv, capsys)
+    assert code == 0, err
+    assert "epoch 0: val top-1" in out
+
+
+def test_a_symlink_loop_in_a_class_folder_is_walked_once(tmp_path):
+    from data.datasets import ImageFolderDataset
+
+    root = image_tree(str(tmp_path / "data"))
+    os.symlink(os.path.join(root, "train", "a"), os.path.join(root, "train", "a", "loop"))
+    dataset = ImageFolderDataset(os.path.join(root, "train"))
+    assert len(dataset) == 16 and sorted(set(dataset.targets)) == [0, 1]
+
+
+def test_a_real_process_prints_one_line_without_traceback(finished, files):
+    before = digest(run_dir(finished))
+    for argv in (("--cfg", files["utf16"]), ("--cfg", TINY_CFG, "--resume", files["nan_ckpt"])):
+        assert_user_error(run_main(*argv, "--output", str(finished), "--opts", *DIGITS))
+    assert digest(run_dir(finished)) == before
+
+
+def torchrun_main(*args: str) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+               os.path.join(ROOT, "main.py"), *args]
+    return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+
+TORCHRUN_CASES = {
+    "unknown key": (("--opts", *DIGITS, "TRAIN.EPOCS", "3"), ("TRAIN.EPOCS",)),
+    "missing data": (("--data-path", "/no/such/data", "--opts", *DIGITS, *FOLDERS), ("/no/such/data",)),
+    "NaN checkpoint": (("--resume", "{nan_ckpt}", "--opts", *DIGITS), ("non-finite values",)),
+}
+
+
+@pytest.mark.parametrize("name", sorted(TORCHRUN_CASES))
+def test_torchrun_bad_input_is_one_line_from_rank_0_and_exit_2_everywhere(name, finished, files):
+    extra, fragments = TORCHRUN_CASES[name]
+    before = digest(run_dir(finished))
+    result = torchrun_main("--cfg", TINY_CFG, "--output", str(finished), *[a.format(**files) for a in extra])
+    assert_torchrun_user_error(result, *fragments)
+    assert digest(run_dir(finished)) == before

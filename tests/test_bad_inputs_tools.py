@@ -1,0 +1,121 @@
+"""Every tool takes bad input as main.py does: one `error:` line naming the thing, exit code 2, no traceback,
+and nothing it was pointed at changed."""
+
+import os
+
+import pytest
+import torch
+from bad_inputs import assert_one_error_line, call, image_tree, png_bytes
+from conftest import TINY_CFG, digest
+
+from data import make_map
+from tools import convert, export, plot_metrics, predict, summary
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tool_inputs")
+    torch.manual_seed(0)
+    from config import load_config
+    from models import build_model
+
+    model = build_model(load_config(TINY_CFG))
+    paths = {"root": str(root), "ckpt": str(root / "tiny.pth"), "notes": str(root / "notes.txt"),
+             "cut": str(root / "cut.pth"), "nan": str(root / "nan.pth"), "images": image_tree(str(root / "imgs")),
+             "bad_image": str(root / "bad.png"), "run": str(root / "run"), "garbage_run": str(root / "garbage"),
+             "empty_run": str(root / "empty_run"), "file": str(root / "file.txt"), "bad_cfg": str(root / "bad.yaml")}
+    torch.save({"model": model.state_dict()}, paths["ckpt"])
+    (root / "notes.txt").write_text("not a checkpoint")
+    (root / "cut.pth").write_bytes(open(paths["ckpt"], "rb").read()[:3000])
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    state["head.weight"][0, 0] = float("inf")
+    torch.save({"model": state}, paths["nan"])
+    (root / "bad.png").write_bytes(png_bytes()[:40])
+    record = '{"epoch": 0, "train_loss": 1.0, "val_loss": 1.1, "val_top1": 50.0, "val_top5": 90.0, "lr": 0.001}\n'
+    for name, text in (("run", record), ("garbage", "{not json\n"), ("empty_run", "")):
+        (root / name).mkdir()
+        (root / name / "metrics.jsonl").write_text(text)
+    (root / "train_only").mkdir()
+    (root / "train_only" / "metrics.jsonl").write_text('{"epoch": 0, "train_loss": 1.0}\n')
+    paths["train_only"] = str(root / "train_only")
+    (root / "file.txt").write_text("x")
+    (root / "bad.yaml").write_text("TRAIN:\n  EPOCS: 3\n")
+    return paths
+
+
+CASES = {
+    predict.main: {
+        "no image matches": (["{root}/none*.jpg", "--cfg", TINY_CFG], ("none*.jpg",)),
+        "missing config": (["{images}", "--cfg", "/no/cfg.yaml"], ("/no/cfg.yaml",)),
+        "bad config key": (["{images}", "--cfg", "{bad_cfg}"], ("TRAIN.EPOCS",)),
+        "truncated checkpoint": (["{images}", "--cfg", TINY_CFG, "--resume", "{cut}"], ("cut.pth cannot be read",)),
+        "text checkpoint": (["{images}", "--cfg", TINY_CFG, "--resume", "{notes}"], ("notes.txt",)),
+        "non-finite weights": (["{images}", "--cfg", TINY_CFG, "--resume", "{nan}"], ("non-finite", "head.weight")),
+        "topk zero": (["{images}", "--cfg", TINY_CFG, "--topk", "0"], ("--topk",)),
+        "batch size text": (["{images}", "--cfg", TINY_CFG, "--batch-size", "x"], ("--batch-size",)),
+        "device not a choice": (["{images}", "--cfg", TINY_CFG, "--device", "tpu"], ("--device",)),
+        "output in a missing folder": (["{images}", "--cfg", TINY_CFG, "--output", "/no/such/dir/p.json"],
+                                       ("/no/such/dir/p.json",)),
+        "undecodable image": (["{bad_image}", "--cfg", TINY_CFG], ("bad.png cannot be decoded",)),
+        "misspelt flag": (["{images}", "--cfg", TINY_CFG, "--top-k", "3"], ("--top-k",)),
+        "opts twice": (["{images}", "--cfg", TINY_CFG, "--opts", "A", "1", "--opts", "B", "2"], ("--opts is given",)),
+        "odd opts": (["{images}", "--cfg", TINY_CFG, "--opts", "DATA.IMG_SIZE"], ("DATA.IMG_SIZE has no value",)),
+        "no inputs": (["--cfg", TINY_CFG], ("inputs",)),
+    },
+    summary.main: {
+        "missing config": (["--cfg", "/no/cfg.yaml"], ("/no/cfg.yaml",)),
+        "unknown key": (["--cfg", TINY_CFG, "--opts", "MODEL.SWIN.EMBED", "8"], ("MODEL.SWIN.EMBED",)),
+        "value out of range": (["--cfg", TINY_CFG, "--opts", "MODEL.SWIN.EMBED_DIM", "0"], ("EMBED_DIM",)),
+        "config is a folder": (["--cfg", "{root}"], ("is a folder",)),
+        "unknown flag": (["--cfg", TINY_CFG, "--verbose"], ("--verbose",)),
+        "no config": ([], ("--cfg",)),
+    },
+    plot_metrics.main: {
+        "missing run": (["/no/run"], ("/no/run",)),
+        "garbage metrics": (["{garbage_run}"], ("line 1",)),
+        "empty metrics": (["{empty_run}"], ("no epochs",)),
+        "output in a missing folder": (["{run}", "--output", "/no/such/dir/c.png"], ("/no/such/dir",)),
+        "unknown flag": (["{run}", "--dpi", "3"], ("--dpi",)),
+        "two runs": (["{run}", "{run}"], ("unrecognized arguments",)),
+        "record without a figure": (["{train_only}"], ("has no val_loss",)),
+    },
+    convert.main: {
+        "missing input": (["--to", "timm", "/no/in.pth", "{out}/out.pth"], ("/no/in.pth",)),
+        "text input": (["--to", "timm", "{notes}", "{out}/out.pth"], ("notes.txt",)),
+        "wrong layout": (["--from", "timm", "{ckpt}", "{out}/out.pth"], ("reference layout, not the timm one", "--to")),
+        "output in a missing folder": (["--to", "timm", "{ckpt}", "/no/such/dir/out.pth"], ("/no/such/dir",)),
+        "no direction": (["{ckpt}", "{out}/out.pth"], ("--to",)),
+        "unknown layout": (["--to", "keras", "{ckpt}", "{out}/out.pth"], ("keras",)),
+    },
+    export.main: {
+        "missing config": (["--cfg", "/no/cfg.yaml", "--output", "{out}/m.onnx"], ("/no/cfg.yaml",)),
+        "format not a choice": (["--cfg", TINY_CFG, "--output", "{out}/m.x", "--format", "tflite"], ("tflite",)),
+        "output in a missing folder": (["--cfg", TINY_CFG, "--output", "/no/such/m.onnx"], ("/no/such",)),
+        "mismatched checkpoint": (["--cfg", TINY_CFG, "--output", "{out}/m.onnx", "--resume", "{ckpt}", "--opts",
+                                   "MODEL.SWIN.EMBED_DIM", "32"], ("does not fit",)),
+        "opset zero": (["--cfg", TINY_CFG, "--output", "{out}/m.onnx", "--opset", "0"], ("--opset",)),
+        "truncated checkpoint": (["--cfg", TINY_CFG, "--output", "{out}/m.onnx", "--resume", "{cut}"],
+                                 ("cut.pth",)),
+    },
+    make_map.main: {
+        "missing folder": (["/no/split"], ("/no/split",)),
+        "a file": (["{file}"], ("file.txt",)),
+        "no class folders": (["{run}"], ("no class sub-folders",)),
+        "two folders": (["{root}", "{root}"], ("unrecognized arguments",)),
+    },
+}
+TABLE = {f"{entry.__module__.split('.')[-1]}: {name}": (entry, case) for entry, cases in CASES.items()
+         for name, case in cases.items()}
+
+
+@pytest.mark.parametrize("name", sorted(TABLE))
+def test_tool_bad_input_is_one_line_and_changes_nothing(name, files, tmp_path, capsys):
+    entry, (argv, fragments) = TABLE[name]
+    before = digest(files["root"])
+    code, out, err = call(entry, [a.format(out=str(tmp_path), **files) for a in argv], capsys)
+    assert_one_error_line(code, out, err, *fragments)
+    assert digest(files["root"]) == before and not os.listdir(tmp_path)
+
+
+def test_every_tool_has_cases():
+    assert all(len(cases) >= 4 for cases in CASES.values()) and len(TABLE) >= 40
