@@ -7,6 +7,8 @@
 """
 
 import argparse
+import logging
+import os
 import sys
 from typing import Optional
 
@@ -15,9 +17,9 @@ from yacs.config import CfgNode
 from cli import StrictParser, run_command
 from config import get_config
 from logger import create_logger
-from runtime import init_runtime, launcher_ranks, shutdown_runtime
+from runtime import init_runtime, launcher_ranks, meet_before_exit, shutdown_runtime
 from trainer import Interrupted, run_eval, run_throughput, run_training
-from utils import UserError, seed_everything
+from utils import UserError, announce_user_error, seed_everything
 
 
 def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
@@ -81,6 +83,9 @@ def _run_main(args: argparse.Namespace, is_rank0: bool) -> int:
         config = get_config(args)
     except UserError as err:
         err.agreed = True  # every rank reads the same flags and files
+        if launcher_ranks()[1] > 1:
+            announce_user_error(err, show=is_rank0)
+            meet_before_exit()
         raise
     try:
         run(config)
@@ -91,5 +96,16 @@ def _run_main(args: argparse.Namespace, is_rank0: bool) -> int:
     return 0
 
 
+def exit_process(code: int) -> None:
+    """Exit with `code`. After a user mistake under a launcher, skip the interpreter's slow teardown: torchrun
+    sends SIGTERM to the ranks still alive once one has exited, which would turn their code 2 into a signal."""
+    if code == 2 and launcher_ranks()[1] > 1:
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_process(main())

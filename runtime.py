@@ -10,6 +10,7 @@ import os
 import random
 import re
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any, Callable, Optional
 
 import numpy as np
@@ -18,7 +19,7 @@ import torch.distributed as dist
 from torch import nn
 from yacs.config import CfgNode
 
-from utils import ConfigError, UserError
+from utils import ConfigError, UserError, announce_user_error
 
 _AMP_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -91,6 +92,9 @@ class Runtime:
         if first is not None:
             agreed = error if error is not None and str(error) == first else UserError(first)
             agreed.agreed = True  # every rank raises it: rank 0 alone reports it
+            if self.is_distributed:
+                announce_user_error(agreed, show=self.is_main)
+                self.barrier()  # every rank now exits with 2, even when the launcher's SIGTERM comes first
             raise agreed
         return result
 
@@ -176,6 +180,23 @@ def _slurm_rendezvous() -> None:
     if "MASTER_ADDR" not in env:
         env["MASTER_ADDR"] = _first_slurm_host(nodelist)
     env.setdefault("MASTER_PORT", "29500")
+
+
+def meet_before_exit(timeout_s: float = 60.0) -> None:
+    """Wait for every rank of a launched job (a CPU process group of its own), so that all of them have
+    met the same start-up mistake before the first one exits; best effort, silent on failure."""
+    _, world_size, _ = launcher_ranks()
+    if world_size < 2 or dist.is_initialized():
+        return
+    try:
+        if "RANK" not in os.environ:
+            _slurm_rendezvous()
+        rank = launcher_ranks()[0]
+        dist.init_process_group("gloo", rank=rank, world_size=world_size, timeout=timedelta(seconds=timeout_s))
+        dist.barrier()
+        dist.destroy_process_group()
+    except (RuntimeError, ValueError, OSError):
+        return
 
 
 def init_runtime(config: CfgNode) -> Runtime:

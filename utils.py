@@ -12,6 +12,7 @@ import pickle
 import random
 import re
 import shutil
+import signal
 import sys
 import zipfile
 from typing import Callable, Optional
@@ -36,6 +37,17 @@ class CheckpointError(UserError):
     """A checkpoint file that is missing, unreadable or does not fit the model."""
 
 
+def announce_user_error(err: UserError, show: bool) -> None:
+    """Report an error every rank of a launched job has met, now, and make the way out exit code 2.
+
+    The launcher (torchrun) sends SIGTERM to the ranks still running once one has exited; a rank
+    that is already on its way out after this error then exits with 2 instead of dying by signal.
+    """
+    report_user_error(err, show)
+    sys.stderr.flush()
+    signal.signal(signal.SIGTERM, lambda *_: os._exit(2))
+
+
 def report_user_error(err: UserError, show: bool = True) -> int:
     """Print `err` as one `error: ...` line on stderr (when `show`) and return the exit code for user mistakes, 2.
 
@@ -47,8 +59,9 @@ def report_user_error(err: UserError, show: bool = True) -> int:
         message = lines[-1].split(": ", 1)[-1]
     else:
         message = " ".join(lines)
-    if show:
+    if show and not getattr(err, "reported", False):
         print(f"error: {message}", file=sys.stderr)
+    err.reported = True
     return 2
 
 
