@@ -125,16 +125,22 @@ def run_throughput(config: CfgNode, rt: Runtime, logger: logging.Logger) -> dict
     return result
 
 
-def run_eval(config: CfgNode, rt: Runtime, logger: logging.Logger) -> dict:
+def _eval_setup(config: CfgNode, rt: Runtime, logger: logging.Logger) -> tuple[nn.Module, LoaderBundle]:
     if not (config.MODEL.RESUME or config.MODEL.PRETRAINED):
         raise UserError("--eval needs weights: pass --resume CKPT or --pretrained CKPT")
     data = build_loader(config, rt, logger)
     config = _with_num_classes(config, data.num_classes)
-    _, bare = _build_model(config, rt, logger)
+    bare = build_model(config).to(rt.device)  # evaluation needs no DDP wrapper, and no collective here
+    logger.info("model " + summarize(bare, config.MODEL.NAME))
     if config.MODEL.RESUME:
         load_model_weights(config.MODEL.RESUME, bare)
     else:
         load_pretrained(bare, config.MODEL.PRETRAINED, logger)
+    return bare, data
+
+
+def run_eval(config: CfgNode, rt: Runtime, logger: logging.Logger) -> dict:
+    bare, data = rt.agreed(lambda: _eval_setup(config, rt, logger))
     result = engine.validate(bare, data.loader_val, rt)
     logger.info(f"eval on {int(result['count'])} images: top-1 {result['top1']:.3f}% top-5 {result['top5']:.3f}% "
                 f"loss {result['loss']:.4f}")

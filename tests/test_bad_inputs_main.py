@@ -386,6 +386,7 @@ TORCHRUN_CASES = {
     "unknown key": (("--opts", *DIGITS, "TRAIN.EPOCS", "3"), ("TRAIN.EPOCS",)),
     "missing data": (("--data-path", "/no/such/data", "--opts", *DIGITS, *FOLDERS), ("/no/such/data",)),
     "NaN checkpoint": (("--resume", "{nan_ckpt}", "--opts", *DIGITS), ("non-finite values",)),
+    "evaluation of a truncated checkpoint": (("--eval", "--resume", "{cut}", "--opts", *DIGITS), ("cut.pth",)),
 }
 
 
