@@ -104,16 +104,20 @@ def _with_num_classes(config: CfgNode, num_classes: int) -> CfgNode:
     return config
 
 
-def _build_model(config: CfgNode, rt: Runtime, logger: logging.Logger) -> tuple[nn.Module, nn.Module]:
-    model = build_model(config)
+def _new_model(config: CfgNode, rt: Runtime, logger: logging.Logger) -> nn.Module:
+    """The config's model on this process's device, with its summary logged."""
+    model = build_model(config).to(rt.device)
     logger.info("model " + summarize(model, config.MODEL.NAME))
-    return wrap_model(model, rt, config.COMPILE)
+    return model
+
+
+def _build_model(config: CfgNode, rt: Runtime, logger: logging.Logger) -> tuple[nn.Module, nn.Module]:
+    return wrap_model(_new_model(config, rt, logger), rt, config.COMPILE)
 
 
 def run_throughput(config: CfgNode, rt: Runtime, logger: logging.Logger) -> dict:
     """Inference images/s on one batch: from the validation set when a dataset is given, else synthetic."""
-    model = build_model(config).to(rt.device)
-    logger.info("model " + summarize(model, config.MODEL.NAME))
+    model = _new_model(config, rt, logger)
     if config.DATA.DATA_PATH or config.DATA.DATASET in ("digits", "fake"):
         images = next(iter(build_loader(config, rt, logger).loader_val))[0]
     else:
@@ -130,8 +134,7 @@ def _eval_setup(config: CfgNode, rt: Runtime, logger: logging.Logger) -> tuple[n
         raise UserError("--eval needs weights: pass --resume CKPT or --pretrained CKPT")
     data = build_loader(config, rt, logger)
     config = _with_num_classes(config, data.num_classes)
-    bare = build_model(config).to(rt.device)  # evaluation needs no DDP wrapper, and no collective here
-    logger.info("model " + summarize(bare, config.MODEL.NAME))
+    bare = _new_model(config, rt, logger)  # evaluation needs no DDP wrapper, and no collective here
     if config.MODEL.RESUME:
         load_model_weights(config.MODEL.RESUME, bare)
     else:

@@ -69,11 +69,16 @@ def report_user_error(err: UserError, show: bool = True) -> int:
 _NEARLY_FULL_BYTES = 4 * 2**20
 
 
-def _write_atomically(path: str, write: Callable[[str], None]) -> None:
-    """Run `write(tmp_path)`, then move the file over `path`: a crash leaves the old file or none, never half a file."""
+def require_folder_of(path: str) -> None:
+    """A one-line UserError, before any work is done, when the folder a file is to be written to is missing."""
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder):
         raise UserError(f"cannot write {path}: folder {folder} does not exist; create it or pick another path")
+
+
+def _write_atomically(path: str, write: Callable[[str], None]) -> None:
+    """Run `write(tmp_path)`, then move the file over `path`: a crash leaves the old file or none, never half a file."""
+    require_folder_of(path)
     tmp_path = f"{path}.tmp.{os.getpid()}"
     try:
         write(tmp_path)

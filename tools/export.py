@@ -21,7 +21,7 @@ from checkpoint import load_weights  # noqa: E402
 from cli import StrictParser, positive_int, run_command  # noqa: E402
 from config import load_config  # noqa: E402
 from models import build_model  # noqa: E402
-from utils import UserError, load_checkpoint_file, model_state_from  # noqa: E402
+from utils import load_checkpoint_file, model_state_from, require_folder_of  # noqa: E402
 
 
 def export(model: torch.nn.Module, example: torch.Tensor, fmt: str, path: str, opset: int = 18) -> None:
@@ -73,9 +73,7 @@ def _export(args: argparse.Namespace) -> int:
     model = build_model(config).eval()
     if state is not None:
         load_weights(model, state, args.resume, "pick the config the checkpoint was trained with")
-    output_folder = os.path.dirname(os.path.abspath(args.output))
-    if not os.path.isdir(output_folder):
-        raise UserError(f"--output {args.output}: folder {output_folder} does not exist; create it or pick another")
+    require_folder_of(args.output)
     size = config.DATA.IMG_SIZE
     export(model, torch.randn(2, 3, size, size), args.format, args.output, args.opset)
     images = torch.randn(3, 3, size, size)

@@ -13,7 +13,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from cli import StrictParser, run_command  # noqa: E402
-from utils import UserError  # noqa: E402
+from utils import UserError, require_folder_of  # noqa: E402
 
 # The figures each epoch record must hold to be drawn.
 _PLOTTED = ("train_loss", "val_loss", "val_top1", "val_top5", "lr")
@@ -82,8 +82,8 @@ def main(argv: Optional[list[str]] = None) -> int:
 
 def _plot(args: argparse.Namespace) -> int:
     records = read_metrics(args.run)
-    if args.output and not os.path.isdir(os.path.dirname(os.path.abspath(args.output))):
-        raise UserError(f"--output {args.output}: its folder does not exist; create it or pick another path")
+    if args.output:
+        require_folder_of(args.output)
     run_dir = args.run if os.path.isdir(args.run) else os.path.dirname(args.run)
     output = args.output or os.path.join(run_dir, "curves.png")
     plot(records, output, os.path.normpath(run_dir))

@@ -28,7 +28,7 @@ from config import load_config  # noqa: E402
 from data.datasets import decode_image  # noqa: E402
 from data.transforms import build_transform  # noqa: E402
 from models import build_model  # noqa: E402
-from utils import DataError, load_checkpoint_file, model_state_from  # noqa: E402
+from utils import DataError, load_checkpoint_file, model_state_from, require_folder_of  # noqa: E402
 
 
 def expand_inputs(inputs: list[str]) -> list[str]:
@@ -129,8 +129,8 @@ def main(argv: Optional[list[str]] = None) -> int:
 
 
 def _predict(args: argparse.Namespace) -> int:
-    if args.output and not os.path.isdir(os.path.dirname(os.path.abspath(args.output))):
-        raise DataError(f"--output {args.output}: its folder does not exist; create it or pick another path")
+    if args.output:
+        require_folder_of(args.output)
     model, config, names = load_model(args)
     device = torch.device(args.device)
     results = predict(model.to(device), build_transform(False, config), expand_inputs(args.inputs), args.topk,
