@@ -3,11 +3,13 @@
 import logging
 import os
 from dataclasses import dataclass, field
+from typing import Optional
 
 import torch
 from torch import nn
 from yacs.config import CfgNode
 
+from models.convert import detect_layout, from_timm, from_torchvision
 from models.pretrained import DERIVED_BUFFERS, adapt_state_dict
 from utils import CheckpointError, load_checkpoint_file, model_state_from, save_checkpoint
 
@@ -39,9 +41,27 @@ def load_weights(model: nn.Module, state: dict, path: str, hint: str) -> None:
     model.load_state_dict({k: v for k, v in state.items() if not k.endswith(DERIVED_BUFFERS)}, strict=False)
 
 
+_FROM_LAYOUT = {"timm": from_timm, "torchvision": from_torchvision}
+
+
+def reference_state(payload: dict, path: str, logger: Optional[logging.Logger]) -> tuple[dict, str]:
+    """A checkpoint's model weights in the reference layout, and the layout they came in.
+
+    timm's and torchvision's Swin files (V1 and V2) are converted on load, with a log line; a file
+    of another architecture comes back as it is, for the fit check to name what does not fit.
+    """
+    state = model_state_from(payload, path)
+    layout = detect_layout(state)
+    if layout in _FROM_LAYOUT:
+        state = _FROM_LAYOUT[layout](state)
+        if logger is not None:
+            logger.info(f"{path} holds {layout}'s layout; converted to the reference names")
+    return state, layout
+
+
 def load_pretrained(model: nn.Module, path: str, logger: logging.Logger) -> None:
     """Fine-tuning start: weights adapted to the model's window, size and classes; nothing else restored."""
-    state = adapt_state_dict(model_state_from(load_checkpoint_file(path), path), model, logger)
+    state = adapt_state_dict(reference_state(load_checkpoint_file(path), path, logger)[0], model, logger)
     target = model.state_dict()
     head = {k for k in ("head.weight", "head.bias") if k in target and k not in state}
     state.update({k: target[k] for k in head})
@@ -149,9 +169,18 @@ def read_resume_point(path: str, payload: dict) -> ResumePoint:
                        config_text=config_text if isinstance(config_text, str) else "")
 
 
-def load_model_weights(path: str, model: nn.Module) -> dict:
-    """Load a checkpoint's model weights into `model` for evaluation or resumption; returns the whole payload."""
+def load_model_weights(path: str, model: nn.Module, logger: Optional[logging.Logger] = None) -> dict:
+    """Load a checkpoint's model weights into `model` for evaluation or resumption; returns the whole payload.
+
+    The optimizer state of a converted (timm or torchvision) file is left out: it is numbered in
+    that tool's parameter order, which is not ours.
+    """
     payload = load_checkpoint_file(path)
-    load_weights(model, model_state_from(payload, path), path,
-                 "to start from other weights use --pretrained, which adapts them")
+    state, layout = reference_state(payload, path, logger)
+    load_weights(model, state, path, "to start from other weights use --pretrained, which adapts them")
+    if layout in _FROM_LAYOUT and "optimizer" in payload:
+        payload = {k: v for k, v in payload.items() if k not in ("optimizer", "scaler")}
+        if logger is not None:
+            logger.warning(f"{path}: the optimizer state of a {layout} file is not restored; the optimizer starts "
+                           "afresh")
     return payload

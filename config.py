@@ -8,13 +8,16 @@ of the wrong type is a `ConfigError` that names the key and, where it can, the f
 import ast
 import difflib
 import os
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Optional, Sequence
 
 import yaml
 from yacs.config import CfgNode as CN
 
-from config_checks import validate_config
-from utils import ConfigError
+from config_checks import architecture_differences, validate_config
+from models import zoo
+from utils import ConfigError, load_checkpoint_file
+
+_ROOT = os.path.dirname(os.path.abspath(__file__))
 
 _C = CN()
 
@@ -191,8 +194,12 @@ _C.TRAIN.OPTIMIZER.BETAS = (0.9, 0.999)
 # SGD momentum.
 _C.TRAIN.OPTIMIZER.MOMENTUM = 0.9
 
-# Layer-wise learning-rate decay for fine-tuning; 1.0 disables it.
+# Layer-wise learning-rate decay for fine-tuning: layer l of L trains at lr x LAYER_DECAY^(L - l); 1.0 disables it.
 _C.TRAIN.LAYER_DECAY = 1.0
+# Fine-tuning: freeze the patch embedding and the first this many stages (0: train everything).
+_C.TRAIN.FREEZE_STAGES = 0
+# Fine-tuning: train the classifier head alone (a linear probe); everything else is frozen.
+_C.TRAIN.LINEAR_PROBE = False
 
 _C.AUG = CN()
 # Colour jitter strength; 0 disables it.
@@ -403,6 +410,13 @@ def _merge_opts(cfg: CN, opts: Sequence[str]) -> None:
         _merge(node, {name: raw}, "--opts", ".".join(groups) + "." if groups else "")
 
 
+def _finish(cfg: CN, opts: Iterable[str]) -> CN:
+    _merge_opts(cfg, list(opts))
+    validate_config(cfg)
+    cfg.freeze()
+    return cfg
+
+
 def load_config(cfg_file: str, opts: Iterable[str] = ()) -> CN:
     """Defaults, then `cfg_file` (with its BASE files), then `opts` pairs; checked and frozen.
 
@@ -411,10 +425,31 @@ def load_config(cfg_file: str, opts: Iterable[str] = ()) -> CN:
     """
     cfg = default_config()
     _merge_file(cfg, cfg_file)
-    _merge_opts(cfg, list(opts))
-    validate_config(cfg)
-    cfg.freeze()
-    return cfg
+    return _finish(cfg, opts)
+
+
+def load_stored_config(text: str, source: str, opts: Iterable[str] = ()) -> CN:
+    """The config a checkpoint of this project carries, with `opts` on top; OUTPUT back to its root folder."""
+    loader = _StrictLoader(text)
+    loader.name = source
+    try:
+        values = loader.get_single_data()
+    except yaml.YAMLError:
+        raise ConfigError(f"the config stored in {source} is not valid YAML; pass --cfg") from None
+    finally:
+        loader.dispose()
+    if not isinstance(values, dict):
+        raise ConfigError(f"the config stored in {source} is not a KEY: VALUE mapping; pass --cfg")
+    cfg = default_config()
+    _merge(cfg, values, f"the config stored in {source}")
+    # What described the run that wrote it, not its model, starts afresh.
+    cfg.MODEL.RESUME = cfg.MODEL.PRETRAINED = ""
+    cfg.EVAL_MODE = cfg.THROUGHPUT_MODE = False
+    cfg.LOCAL_RANK = 0
+    suffix = os.path.join(cfg.MODEL.NAME, cfg.TAG)
+    if cfg.OUTPUT.endswith(os.sep + suffix):
+        cfg.OUTPUT = cfg.OUTPUT[: -len(suffix) - 1]
+    return _finish(cfg, opts)
 
 
 # Named flags of main.py and the config keys they set, as in the reference code.
@@ -442,11 +477,44 @@ _SWITCH_KEYS = (
 )
 
 
+def config_from_weights(spec: str, flag: str, opts: Iterable[str] = (), payload: Optional[dict] = None) -> CN:
+    """The config for weights given without --cfg: the zoo's for a published name, or the one a checkpoint carries."""
+    entry = zoo.find(spec)
+    if entry is not None:
+        if not entry.config:
+            raise ConfigError(f"{flag} {spec}: the reference publishes no config for it; pass --cfg with one that "
+                              f"builds a {entry.family} at {entry.resolution}px with {entry.num_classes} classes")
+        # The 22k configs leave the class count to the data, as the reference's do; the file has its own.
+        return load_config(os.path.join(_ROOT, entry.config), ["MODEL.NUM_CLASSES", str(entry.num_classes), *opts])
+    if spec.startswith(("http://", "https://")):
+        raise ConfigError(f"{flag} {spec} is a URL outside the model zoo; pass --cfg with the config it was "
+                          "trained with")
+    text = (payload if payload is not None else load_checkpoint_file(spec)).get("config")
+    if not isinstance(text, str) or not text.strip():
+        raise ConfigError(f"{flag} {spec} carries no config (it was not written by this project); pass --cfg with "
+                          "the config it was trained with")
+    return load_stored_config(text, spec, opts)
+
+
+def check_published_fits(cfg: CN, cfg_file: str, spec: str, flag: str, with_resolution: bool) -> None:
+    """A zoo name given with a --cfg that builds another model is a one-line error naming the config to use."""
+    entry = zoo.find(spec)
+    if entry is None or not entry.config:
+        return
+    differences = architecture_differences(cfg, load_config(os.path.join(_ROOT, entry.config)), with_resolution)
+    if differences:
+        raise ConfigError(f"{flag} {spec} is a {entry.family} at {entry.resolution}px, window {entry.window}, and "
+                          f"--cfg {cfg_file} builds another model ({', '.join(differences[:2])}); use --cfg "
+                          f"{entry.config}, or leave --cfg out to take it")
+
+
 def get_config(args: Any) -> CN:
     """The run's config from parsed flags, with the reference semantics.
 
     File and --opts first, then the named flags that were given; the output folder becomes
-    <OUTPUT>/<MODEL.NAME>/<TAG>, and LOCAL_RANK comes from the launcher's environment.
+    <OUTPUT>/<MODEL.NAME>/<TAG>, and LOCAL_RANK comes from the launcher's environment. Without
+    --cfg the config comes with the weights: a zoo name's published config, or the one stored
+    in a checkpoint written here.
     """
     opts = list(args.opts or ())
     for attr, key in _FLAG_KEYS:
@@ -456,7 +524,16 @@ def get_config(args: Any) -> CN:
     for attr, key, value in _SWITCH_KEYS:
         if getattr(args, attr, False):
             opts += [key, str(value)]
-    cfg = load_config(args.cfg, opts)
+    given = [(flag, spec) for flag, spec in (("--resume", args.resume), ("--pretrained", args.pretrained)) if spec]
+    if args.cfg:
+        cfg = load_config(args.cfg, opts)
+        for flag, spec in given:
+            check_published_fits(cfg, args.cfg, spec, flag, with_resolution=flag == "--resume" or args.eval)
+    elif given:
+        cfg = config_from_weights(given[0][1], given[0][0], opts)
+    else:
+        raise ConfigError("no config: pass --cfg FILE, or --pretrained / --resume with a model zoo name or a "
+                          "checkpoint written here (`python -m tools.zoo` lists the names)")
     cfg.defrost()
     cfg.LOCAL_RANK = int(os.environ.get("LOCAL_RANK", getattr(args, "local_rank", None) or 0))
     cfg.OUTPUT = os.path.join(cfg.OUTPUT, cfg.MODEL.NAME, cfg.TAG)

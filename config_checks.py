@@ -78,7 +78,7 @@ RANGES = {
     "TRAIN.LR_SCHEDULER.DECAY_RATE": POSITIVE, "TRAIN.LR_SCHEDULER.GAMMA": POSITIVE,
     "TRAIN.LR_SCHEDULER.MULTISTEPS": NON_NEGATIVE, "TRAIN.OPTIMIZER.EPS": POSITIVE,
     "TRAIN.OPTIMIZER.BETAS": FRACTION_BELOW_ONE, "TRAIN.OPTIMIZER.MOMENTUM": FRACTION_BELOW_ONE,
-    "TRAIN.LAYER_DECAY": Range(0, 1, low_open=True),
+    "TRAIN.LAYER_DECAY": Range(0, 1, low_open=True), "TRAIN.FREEZE_STAGES": NON_NEGATIVE_INT,
     "AUG.COLOR_JITTER": NON_NEGATIVE, "AUG.REPROB": PROBABILITY, "AUG.RECOUNT": COUNT, "AUG.MIXUP": NON_NEGATIVE,
     "AUG.CUTMIX": NON_NEGATIVE, "AUG.CUTMIX_MINMAX": Range(0, 1, low_open=True), "AUG.MIXUP_PROB": PROBABILITY,
     "AUG.MIXUP_SWITCH_PROB": PROBABILITY,
@@ -133,8 +133,32 @@ def _stage_sizes(img_size: int, patch_size: int, num_stages: int) -> list[int]:
     return [img_size // patch_size // 2**i for i in range(num_stages)]
 
 
+def architecture_group(cfg: CN) -> str:
+    """The config group that shapes the model of MODEL.TYPE: SWIN, SWINV2 or SWIN_MLP."""
+    return {"swin": "SWIN", "swinv2": "SWINV2", "swin_mlp": "SWIN_MLP"}[cfg.MODEL.TYPE]
+
+
+def architecture_differences(cfg: CN, published: CN, with_resolution: bool) -> list[str]:
+    """`KEY ours vs theirs` for each shape-deciding key where `cfg` builds another model than `published`.
+
+    Without `with_resolution`, image size and window may differ: fine-tuning adapts the weights to them.
+    """
+    if cfg.MODEL.TYPE != published.MODEL.TYPE:
+        return [f"MODEL.TYPE {cfg.MODEL.TYPE} vs {published.MODEL.TYPE}"]
+    group = architecture_group(cfg)
+    keys = [f"MODEL.{group}.{k}" for k in ("PATCH_SIZE", "EMBED_DIM", "DEPTHS", "NUM_HEADS")]
+    if with_resolution:
+        keys += ["DATA.IMG_SIZE", f"MODEL.{group}.WINDOW_SIZE"]
+    ours, theirs = ({k: _plain(value_at(c, k)) for k in keys} for c in (cfg, published))
+    return [f"{k} {ours[k]} vs {theirs[k]}" for k in keys if ours[k] != theirs[k]]
+
+
+def _plain(value: Any) -> Any:
+    return list(value) if isinstance(value, (list, tuple)) else value
+
+
 def _validate_architecture(cfg: CN) -> None:
-    group_name = {"swin": "SWIN", "swinv2": "SWINV2", "swin_mlp": "SWIN_MLP"}[cfg.MODEL.TYPE]
+    group_name = architecture_group(cfg)
     arch = cfg.MODEL[group_name]
     prefix = f"MODEL.{group_name}"
     if len(arch.DEPTHS) != len(arch.NUM_HEADS):
@@ -143,6 +167,10 @@ def _validate_architecture(cfg: CN) -> None:
     if group_name == "SWINV2" and len(arch.PRETRAINED_WINDOW_SIZES) < len(arch.DEPTHS):
         raise ConfigError(f"{prefix}.PRETRAINED_WINDOW_SIZES has {len(arch.PRETRAINED_WINDOW_SIZES)} entries for "
                           f"{len(arch.DEPTHS)} stages; give one per stage (0: same as now)")
+    if cfg.TRAIN.FREEZE_STAGES > len(arch.DEPTHS):
+        raise ConfigError(f"TRAIN.FREEZE_STAGES {cfg.TRAIN.FREEZE_STAGES} is more than the model's "
+                          f"{len(arch.DEPTHS)} stages; freeze at most {len(arch.DEPTHS)} (TRAIN.LINEAR_PROBE True "
+                          "trains the head alone)")
     stride = arch.PATCH_SIZE * 2 ** (len(arch.DEPTHS) - 1)
     if cfg.DATA.IMG_SIZE % stride:
         raise ConfigError(

@@ -25,18 +25,21 @@ class DivergedError(UserError):
 class ModelEma:
     """Exponential moving average of a model's floating-point weights, kept as a model to evaluate.
 
-    Integer buffers (relative_position_index) are left as they are: averaging an index is meaningless.
+    Integer buffers (relative_position_index) are left as they are: averaging an index is meaningless;
+    so are frozen parameters, which do not change.
     """
 
     def __init__(self, model: nn.Module, decay: float) -> None:
         self.source = model
         self.decay = decay
         self.module = copy.deepcopy(model).eval().requires_grad_(False)
+        self.frozen = {name for name, param in model.named_parameters() if not param.requires_grad}
 
     @torch.no_grad()
     def update(self) -> None:
-        pairs = [(ema, new) for ema, new in zip(self.module.state_dict().values(), self.source.state_dict().values())
-                 if ema.dtype.is_floating_point]
+        source = self.source.state_dict()
+        pairs = [(ema, source[name]) for name, ema in self.module.state_dict().items()
+                 if ema.dtype.is_floating_point and name not in self.frozen]
         torch._foreach_lerp_([ema for ema, _ in pairs], [new for _, new in pairs], 1.0 - self.decay)
 
 
@@ -109,8 +112,8 @@ def _log_progress(ctx: TrainContext, epoch: int, step: int, total: int, done: in
     """One progress line (with ETA from the `done` batches of this run), and the same figures to TensorBoard."""
     meters = ctx.meters
     eta = (time.time() - started) / done * (total - step - 1)
-    lr = ctx.optimizer.param_groups[0]["lr"]
-    wd = ctx.optimizer.param_groups[0]["weight_decay"]
+    lr = max(group["lr"] for group in ctx.optimizer.param_groups)  # the head's, under layer decay
+    wd = max(group["weight_decay"] for group in ctx.optimizer.param_groups)
     loss_avg = ctx.totals["loss_sum"] / max(ctx.totals["loss_count"], 1)
     ctx.logger.info(
         f"train {epoch} [{step + 1}/{total}] eta {eta:.0f}s lr {lr:.3e} wd {wd:.4f} "
@@ -206,7 +209,7 @@ def epoch_figures(ctx: TrainContext) -> dict:
     return {
         "train_loss": sums["loss_sum"] / max(sums["loss_count"], 1),
         "grad_norm": sums["grad_norm_sum"] / max(sums["grad_norm_count"], 1),
-        "lr": ctx.optimizer.param_groups[0]["lr"],
+        "lr": max(group["lr"] for group in ctx.optimizer.param_groups),
         "skipped_steps": float(sums["skipped_steps"]),
         "train_img_s": sums["images"] / max(sums["seconds"], 1e-9),
     }

@@ -20,11 +20,13 @@ from logger import create_logger
 from runtime import init_runtime, launcher_ranks, meet_before_exit, shutdown_runtime
 from trainer import Interrupted, run_eval, run_throughput, run_training
 from utils import UserError, announce_user_error, seed_everything
+from weights import with_local_weights
 
 
 def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     parser = StrictParser("python main.py", description="Swin Transformer training and evaluation", allow_abbrev=False)
-    parser.add_argument("--cfg", required=True, metavar="FILE", help="path to the config file")
+    parser.add_argument("--cfg", metavar="FILE", help="path to the config file (optional with a model zoo name or a "
+                        "checkpoint written here: their config is used)")
     parser.add_argument("--opts", nargs="+", default=None, metavar="KEY VALUE", help="config KEY VALUE pairs")
     parser.add_argument("--batch-size", type=int, help="batch size per process")
     parser.add_argument("--data-path", help="dataset folder")
@@ -55,8 +57,15 @@ def run(config: CfgNode) -> dict:
     """Set up this process and run the mode the config asks for."""
     rt = init_runtime(config)
     try:
+        # One download per node (its local rank 0); the other ranks then read the cache.
+        local = rt.agreed(lambda: with_local_weights(config) if rt.local_rank == 0 else None)
+        local = local or with_local_weights(config)
         logger = create_logger(config.OUTPUT, rt.rank)
         logger.info(f"{rt.describe()}; output {config.OUTPUT}")
+        for key in ("PRETRAINED", "RESUME"):
+            if local.MODEL[key] != config.MODEL[key]:
+                logger.info(f"--{key.lower()} {config.MODEL[key]}: {local.MODEL[key]}")
+        config = local
         seed_everything(config.SEED + rt.rank)
         if config.THROUGHPUT_MODE:
             return run_throughput(config, rt, logger)

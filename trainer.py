@@ -31,6 +31,7 @@ from data import LoaderBundle, build_loader
 from logger import MetricsWriter
 from lr_scheduler import build_scheduler, scale_lrs
 from models import build_model
+from models.freeze import freeze
 from models.summary import summarize
 from optimizer import build_optimizer
 from run_folder import (
@@ -111,8 +112,16 @@ def _new_model(config: CfgNode, rt: Runtime, logger: logging.Logger) -> nn.Modul
     return model
 
 
-def _build_model(config: CfgNode, rt: Runtime, logger: logging.Logger) -> tuple[nn.Module, nn.Module]:
-    return wrap_model(_new_model(config, rt, logger), rt, config.COMPILE)
+def _build_training_model(config: CfgNode, rt: Runtime, logger: logging.Logger) -> tuple[nn.Module, nn.Module]:
+    """The model to train, with the parts fine-tuning leaves alone frozen, wrapped for this runtime."""
+    model = _new_model(config, rt, logger)
+    frozen = freeze(model, config.TRAIN.FREEZE_STAGES, config.TRAIN.LINEAR_PROBE)
+    if frozen:
+        total = sum(p.numel() for p in model.parameters())
+        what = "all but the head" if config.TRAIN.LINEAR_PROBE else \
+            f"patch embedding and stages 0-{config.TRAIN.FREEZE_STAGES - 1}"
+        logger.info(f"frozen: {what}, {frozen:,} of {total:,} parameters; training {total - frozen:,}")
+    return wrap_model(model, rt, config.COMPILE)
 
 
 def run_throughput(config: CfgNode, rt: Runtime, logger: logging.Logger) -> dict:
@@ -136,7 +145,7 @@ def _eval_setup(config: CfgNode, rt: Runtime, logger: logging.Logger) -> tuple[n
     config = _with_num_classes(config, data.num_classes)
     bare = _new_model(config, rt, logger)  # evaluation needs no DDP wrapper, and no collective here
     if config.MODEL.RESUME:
-        load_model_weights(config.MODEL.RESUME, bare)
+        load_model_weights(config.MODEL.RESUME, bare, logger)
     else:
         load_pretrained(bare, config.MODEL.PRETRAINED, logger)
     return bare, data
@@ -192,7 +201,7 @@ class Training:
             self._check_shared_folder()
         self.data = rt.agreed(lambda: build_loader(config, rt, self.logger))
         self.config = _with_num_classes(config, self.data.num_classes)
-        self.model, self.bare = _build_model(self.config, rt, self.logger)
+        self.model, self.bare = _build_training_model(self.config, rt, self.logger)
         self.ctx = _make_context(self.config, rt, self.data, self.model, self.bare, self.logger)
         path = rt.broadcast_object(rt.agreed(self._choose_checkpoint))
         return rt.agreed(lambda: self._restore(path))
@@ -225,7 +234,7 @@ class Training:
                 load_pretrained(self.bare, config.MODEL.PRETRAINED, self.logger)
             self._start_ema(None)
             return ResumePoint("", config.TRAIN.START_EPOCH, 0)
-        payload = load_model_weights(path, self.bare)
+        payload = load_model_weights(path, self.bare, self.logger)
         point = read_resume_point(path, payload)
         self.differences = (settings_differences(point.config_text, self.config, point.world_size,
                                                  self.rt.world_size) if point.config_text else {})

@@ -76,7 +76,7 @@ def require_folder_of(path: str) -> None:
         raise UserError(f"cannot write {path}: folder {folder} does not exist; create it or pick another path")
 
 
-def _write_atomically(path: str, write: Callable[[str], None]) -> None:
+def write_atomically(path: str, write: Callable[[str], None]) -> None:
     """Run `write(tmp_path)`, then move the file over `path`: a crash leaves the old file or none, never half a file."""
     require_folder_of(path)
     tmp_path = f"{path}.tmp.{os.getpid()}"
@@ -106,7 +106,7 @@ def _is_out_of_space(err: BaseException, folder: str) -> bool:
 
 def save_checkpoint(payload: dict, path: str) -> None:
     """Write `payload` to `path` atomically, so auto-resume never picks a truncated checkpoint."""
-    _write_atomically(path, lambda tmp: torch.save(payload, tmp))
+    write_atomically(path, lambda tmp: torch.save(payload, tmp))
 
 
 def save_text(text: str, path: str) -> None:
@@ -116,7 +116,7 @@ def save_text(text: str, path: str) -> None:
         with open(tmp, "w", encoding="utf-8") as f:
             f.write(text)
 
-    _write_atomically(path, write)
+    write_atomically(path, write)
 
 
 def load_checkpoint_file(path: str) -> dict:
@@ -147,10 +147,14 @@ def load_checkpoint_file(path: str) -> dict:
 
 
 def model_state_from(payload: dict, path: str) -> dict:
-    """The model weights of a checkpoint: its 'model' entry, or the dict itself when it is a bare state dict."""
-    state = payload.get("model", payload)
-    if not isinstance(state, dict) or not any(isinstance(v, torch.Tensor) for v in state.values()):
+    """The model weights of a checkpoint: its 'model' (reference) or 'state_dict' (timm, Lightning) entry, or the
+    dict itself when it is a bare state dict; a `module.` prefix left by DDP is dropped."""
+    wrapped = [payload[key] for key in ("model", "state_dict") if isinstance(payload.get(key), dict)]
+    state = wrapped[0] if wrapped else payload
+    if not any(isinstance(v, torch.Tensor) for v in state.values()):
         raise CheckpointError(f"checkpoint {path} holds no model weights (no 'model' state dict)")
+    if all(key.startswith("module.") for key in state):
+        state = {key[len("module."):]: value for key, value in state.items()}
     return state
 
 

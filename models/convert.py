@@ -59,10 +59,34 @@ _TV_PATCH = (("patch_embed.proj.", "features.0.0."), ("patch_embed.norm.", "feat
 _TV_MLP = ((".mlp.fc1.", ".mlp.0."), (".mlp.fc2.", ".mlp.3."))
 
 
-def to_torchvision(state: StateDict) -> StateDict:
-    """Reference V1 names to torchvision's `swin_t/s/b` names."""
+def _split_qkv_bias(state: StateDict) -> StateDict:
+    """torchvision's V2 `qkv.bias` as the reference's `q_bias` and `v_bias` (its key third is zeroed in use)."""
     out = {}
     for key, value in state.items():
+        if key.endswith("attn.qkv.bias") and key.replace("qkv.bias", "logit_scale") in state:
+            q_bias, _, v_bias = value.chunk(3)
+            out[key.replace("qkv.bias", "q_bias")], out[key.replace("qkv.bias", "v_bias")] = q_bias, v_bias
+        else:
+            out[key] = value
+    return out
+
+
+def _join_qkv_bias(state: StateDict) -> StateDict:
+    """The reference's V2 `q_bias` and `v_bias` as torchvision's one `qkv.bias`, with a zero key third."""
+    out = {}
+    for key, value in state.items():
+        if key.endswith("attn.q_bias"):
+            v_bias = state[key.replace("q_bias", "v_bias")]
+            out[key.replace("q_bias", "qkv.bias")] = torch.cat([value, torch.zeros_like(value), v_bias])
+        elif not key.endswith("attn.v_bias"):
+            out[key] = value
+    return out
+
+
+def to_torchvision(state: StateDict) -> StateDict:
+    """Reference V1 or V2 names to torchvision's `swin_t/s/b` / `swin_v2_t/s/b` names."""
+    out = {}
+    for key, value in _join_qkv_bias(state).items():
         if key.endswith("attn_mask"):
             continue
         if key.endswith("relative_position_index"):
@@ -75,9 +99,9 @@ def to_torchvision(state: StateDict) -> StateDict:
 
 
 def from_torchvision(state: StateDict) -> StateDict:
-    """torchvision's `swin_t/s/b` names back to the reference V1 names."""
+    """torchvision's `swin_t/s/b` / `swin_v2_t/s/b` names back to the reference V1 / V2 names."""
     out = {}
-    for key, value in _without_derived(state).items():
+    for key, value in _split_qkv_bias(_without_derived(state)).items():
         for ours, theirs in _TV_PATCH + _TV_MLP:
             key = key.replace(theirs, ours)
 

@@ -62,10 +62,12 @@ def _adapt_head(state: dict, target: dict, logger: logging.Logger) -> None:
     if old == _IMAGENET22K_CLASSES and new == _IMAGENET1K_CLASSES:
         rows = torch.tensor(imagenet22k_to_1k_rows())
         state["head.weight"], state["head.bias"] = state["head.weight"][rows], state["head.bias"][rows]
-        logger.info("head: mapped the ImageNet-22k classifier to the 1,000 ImageNet-1k classes")
+        logger.info(f"head.weight, head.bias: mapped the ImageNet-22k classifier ({old} rows) to the 1,000 "
+                    "ImageNet-1k classes")
         return
     del state["head.weight"], state["head.bias"]
-    logger.info(f"head: the checkpoint has {old} classes and the model {new}; the head starts from scratch")
+    logger.info(f"head.weight, head.bias: the checkpoint has {old} classes and the model {new}; the head starts "
+                "from scratch")
 
 
 def adapt_state_dict(state: dict, model: nn.Module, logger: logging.Logger) -> dict:
@@ -79,5 +81,8 @@ def adapt_state_dict(state: dict, model: nn.Module, logger: logging.Logger) -> d
             state[key] = resize_bias_table(value, target[key].shape[0])
         elif key == "absolute_pos_embed":
             state[key] = resize_position_embedding(value, target[key].shape[1])
+        else:
+            continue
+        logger.info(f"resized {key} {tuple(value.shape)} -> {tuple(target[key].shape)} (bicubic)")
     _adapt_head(state, target, logger)
     return state

@@ -46,8 +46,8 @@ def files(tmp_path_factory):
 CASES = {
     predict.main: {
         "no image matches": (["{root}/none*.jpg", "--cfg", TINY_CFG], ("none*.jpg",)),
-        "missing config": (["{images}", "--cfg", "/no/cfg.yaml"], ("/no/cfg.yaml",)),
-        "bad config key": (["{images}", "--cfg", "{bad_cfg}"], ("TRAIN.EPOCS",)),
+        "missing config": (["{images}", "--random-weights", "--cfg", "/no/cfg.yaml"], ("/no/cfg.yaml",)),
+        "bad config key": (["{images}", "--random-weights", "--cfg", "{bad_cfg}"], ("TRAIN.EPOCS",)),
         "truncated checkpoint": (["{images}", "--cfg", TINY_CFG, "--resume", "{cut}"], ("cut.pth cannot be read",)),
         "text checkpoint": (["{images}", "--cfg", TINY_CFG, "--resume", "{notes}"], ("notes.txt",)),
         "non-finite weights": (["{images}", "--cfg", TINY_CFG, "--resume", "{nan}"], ("non-finite", "head.weight")),
@@ -56,10 +56,16 @@ CASES = {
         "device not a choice": (["{images}", "--cfg", TINY_CFG, "--device", "tpu"], ("--device",)),
         "output in a missing folder": (["{images}", "--cfg", TINY_CFG, "--output", "/no/such/dir/p.json"],
                                        ("/no/such/dir/p.json",)),
-        "undecodable image": (["{bad_image}", "--cfg", TINY_CFG], ("bad.png cannot be decoded",)),
+        "undecodable image": (["{bad_image}", "--cfg", TINY_CFG, "--random-weights"], ("bad.png cannot be decoded",)),
+        "no weights": (["{images}", "--cfg", TINY_CFG], ("needs weights", "--random-weights")),
+        "weights and random": (["{images}", "--resume", "{ckpt}", "--random-weights"], ("contradict",)),
+        "checkpoint without config, no --cfg": (["{images}", "--resume", "{ckpt}"], ("carries no config", "--cfg")),
+        "zoo name typo": (["{images}", "--resume", "swin_tiny_patch4_window7_244"],
+                          ("did you mean swin_tiny_patch4_window7_224",)),
+        "no cfg, no weights": (["{images}", "--random-weights"], ("no model", "--cfg")),
         "misspelt flag": (["{images}", "--cfg", TINY_CFG, "--top-k", "3"], ("--top-k",)),
         "opts twice": (["{images}", "--cfg", TINY_CFG, "--opts", "A", "1", "--opts", "B", "2"], ("--opts is given",)),
-        "odd opts": (["{images}", "--cfg", TINY_CFG, "--opts", "DATA.IMG_SIZE"], ("DATA.IMG_SIZE has no value",)),
+        "odd opts": (["{images}", "--random-weights", "--cfg", TINY_CFG, "--opts", "DATA.IMG_SIZE"], ("DATA.IMG_SIZE has no value",)),
         "no inputs": (["--cfg", TINY_CFG], ("inputs",)),
     },
     summary.main: {
@@ -69,6 +75,8 @@ CASES = {
         "config is a folder": (["--cfg", "{root}"], ("is a folder",)),
         "unknown flag": (["--cfg", TINY_CFG, "--verbose"], ("--verbose",)),
         "no config": ([], ("--cfg",)),
+        "stored config missing": (["--resume", "{ckpt}"], ("carries no config",)),
+        "zoo name with no config": (["--resume", "swin_large_patch4_window12_384_22k"], ("publishes no config",)),
     },
     plot_metrics.main: {
         "missing run": (["/no/run"], ("/no/run",)),

@@ -1,6 +1,6 @@
 """Export a Swin model to ONNX, TorchScript or a torch.export program, and check it against eager PyTorch.
 
-    python -m tools.export --cfg configs/swin_tiny.yaml --resume ckpt.pth --format onnx --output swin_tiny.onnx
+    python -m tools.export --resume output/swin_tiny/default/best.pth --format onnx --output swin_tiny.onnx
 
 The exported model takes B x 3 x S x S images at the config's size S (the batch is dynamic for
 ONNX and torch.export) and returns logits. After writing, the file is loaded back (ONNX with
@@ -10,6 +10,7 @@ onnxruntime when it is installed) and its logits are compared with the eager mod
 import argparse
 import os
 import sys
+import time
 from typing import Optional
 
 import torch
@@ -17,11 +18,9 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from checkpoint import load_weights  # noqa: E402
 from cli import StrictParser, positive_int, run_command  # noqa: E402
-from config import load_config  # noqa: E402
-from models import build_model  # noqa: E402
-from utils import load_checkpoint_file, model_state_from, require_folder_of  # noqa: E402
+from tools.model_source import add_model_arguments, model_from_arguments  # noqa: E402
+from utils import require_folder_of  # noqa: E402
 
 
 def export(model: torch.nn.Module, example: torch.Tensor, fmt: str, path: str, opset: int = 18) -> None:
@@ -52,38 +51,40 @@ def run_exported(fmt: str, path: str, images: torch.Tensor) -> Optional[torch.Te
     return torch.export.load(path).module()(images)
 
 
+def written_files(folder: str, since: float) -> list[str]:
+    """Files of `folder` written at or after `since`: the model file and any external-data files beside it."""
+    paths = [os.path.join(folder, name) for name in sorted(os.listdir(folder))]
+    return [p for p in paths if os.path.isfile(p) and os.path.getmtime(p) >= since]
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     parser = StrictParser("python -m tools.export", description=__doc__.splitlines()[0])
-    parser.add_argument("--cfg", required=True)
-    parser.add_argument("--resume", help="checkpoint with the weights (random weights without it)")
+    add_model_arguments(parser, "the weights: a checkpoint, a model zoo name or a URL (random weights without it)")
     parser.add_argument("--format", choices=("onnx", "torchscript", "export"), default="onnx")
     parser.add_argument("--output", required=True)
     parser.add_argument("--opset", type=positive_int, default=18)
-    parser.add_argument("--opts", nargs="+", help="config KEY VALUE pairs")
     args = parser.parse_args(argv)
     return run_command(lambda: _export(args))
 
 
 def _export(args: argparse.Namespace) -> int:
-    opts = list(args.opts or ())
-    state = model_state_from(load_checkpoint_file(args.resume), args.resume) if args.resume else None
-    if state is not None and "head.weight" in state:
-        opts += ["MODEL.NUM_CLASSES", str(state["head.weight"].shape[0])]
-    config = load_config(args.cfg, opts)
-    model = build_model(config).eval()
-    if state is not None:
-        load_weights(model, state, args.resume, "pick the config the checkpoint was trained with")
     require_folder_of(args.output)
+    model, config, _ = model_from_arguments(args)
+    if not args.resume:
+        print("warning: no --resume: exporting random weights")
     size = config.DATA.IMG_SIZE
+    started = time.time() - 1  # file times can be a second coarse
     export(model, torch.randn(2, 3, size, size), args.format, args.output, args.opset)
+    for path in written_files(os.path.dirname(os.path.abspath(args.output)), started):
+        print(f"wrote {path} ({os.path.getsize(path) / 2**20:.1f} MB)")
     images = torch.randn(3, 3, size, size)
     exported = run_exported(args.format, args.output, images)
     if exported is None:
-        print(f"wrote {args.output}; onnxruntime is not installed, so it was not run")
+        print("onnxruntime is not installed, so the file was not run")
         return 0
     with torch.no_grad():
         difference = (exported - model(images)).abs().max().item()
-    print(f"wrote {args.output}; max |exported - eager| logit difference on 3 images: {difference:.2e}")
+    print(f"checked {args.output}: max |exported - eager| logit difference on 3 images: {difference:.2e}")
     return 0
 
 

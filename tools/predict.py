@@ -1,6 +1,7 @@
 """Top-k classes for images, folders or globs, with class names; a table on the console, JSON or CSV on request.
 
-    python -m tools.predict --cfg configs/swin_tiny.yaml --resume ckpt.pth photos/ 'more/*.png' --output preds.json
+    python -m tools.predict --resume output/swin_tiny/default/best.pth photos/ 'more/*.png' --output preds.json
+    python -m tools.predict --resume swin_tiny_patch4_window7_224 photo.jpg --topk 3
 
 Names come from the checkpoint (runs trained here store their class names), else from
 timm's ImageNet-1k list for a 1000-class model, else the class numbers. Images go through
@@ -22,13 +23,11 @@ from torchvision.datasets.folder import IMG_EXTENSIONS
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from checkpoint import load_weights  # noqa: E402
 from cli import StrictParser, positive_int, run_command  # noqa: E402
-from config import load_config  # noqa: E402
 from data.datasets import decode_image  # noqa: E402
 from data.transforms import build_transform  # noqa: E402
-from models import build_model  # noqa: E402
-from utils import DataError, load_checkpoint_file, model_state_from, require_folder_of  # noqa: E402
+from tools.model_source import add_model_arguments, model_from_arguments  # noqa: E402
+from utils import DataError, UserError, require_folder_of  # noqa: E402
 
 
 def expand_inputs(inputs: list[str]) -> list[str]:
@@ -61,21 +60,6 @@ def class_names(num_classes: int, stored: Optional[list[str]]) -> list[str]:
     return [str(i) for i in range(num_classes)]
 
 
-def load_model(args: argparse.Namespace) -> tuple[torch.nn.Module, object, list[str]]:
-    """The config's model with the checkpoint's weights (random weights without one) and its class names."""
-    opts = list(args.opts or ())
-    payload = load_checkpoint_file(args.resume) if args.resume else {}
-    state = model_state_from(payload, args.resume) if args.resume else None
-    if state is not None and "head.weight" in state:
-        opts += ["MODEL.NUM_CLASSES", str(state["head.weight"].shape[0])]
-    config = load_config(args.cfg, opts)
-    torch.manual_seed(config.SEED)
-    model = build_model(config)
-    if state is not None:
-        load_weights(model, state, args.resume, "pick the config the checkpoint was trained with")
-    return model.eval(), config, class_names(config.MODEL.NUM_CLASSES, payload.get("class_names"))
-
-
 @torch.no_grad()
 def predict(model: torch.nn.Module, transform: object, paths: list[str], topk: int, batch_size: int,
             device: torch.device) -> list[tuple[str, list[tuple[int, float]]]]:
@@ -97,7 +81,7 @@ def write_results(results: list, names: list[str], output: Optional[str]) -> Non
     rows = [{"path": path, "top": [{"index": i, "name": names[i], "prob": round(p, 6)} for i, p in top]}
             for path, top in results]
     for row in rows:
-        print(f"{row['path']}: " + ", ".join(f"{t['name']} ({t['prob']:.3f})" for t in row["top"][:3]))
+        print(f"{row['path']}: " + ", ".join(f"{t['name']} ({t['prob']:.3f})" for t in row["top"]))
     if not output:
         return
     if output.endswith(".csv"):
@@ -110,31 +94,39 @@ def write_results(results: list, names: list[str], output: Optional[str]) -> Non
     else:
         with open(output, "w", encoding="utf-8") as f:
             json.dump(rows, f, indent=1)
+    print(f"wrote {len(rows)} predictions to {output}")
 
 
 def main(argv: Optional[list[str]] = None) -> int:
     parser = StrictParser("python -m tools.predict", description=__doc__.splitlines()[0])
     parser.add_argument("inputs", nargs="+", help="image files, folders or globs")
-    parser.add_argument("--cfg", required=True, help="the model's config")
-    parser.add_argument("--resume", help="checkpoint with the weights (random weights without it)")
-    parser.add_argument("--topk", type=positive_int, default=5)
+    add_model_arguments(parser, "the weights: a checkpoint, a model zoo name or a URL")
+    parser.add_argument("--random-weights", action="store_true", help="run without --resume, on random weights")
+    parser.add_argument("--topk", type=positive_int, default=5, help="classes shown per image (default 5)")
     parser.add_argument("--batch-size", type=positive_int, default=32)
     parser.add_argument("--output", help="write predictions to a .json or .csv file")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--opts", nargs="+", help="config KEY VALUE pairs")
     args = parser.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda but no CUDA device is visible; use --device cpu")
+    if args.resume and args.random_weights:
+        parser.error("--random-weights and --resume contradict each other; give one")
     return run_command(lambda: _predict(args))
 
 
 def _predict(args: argparse.Namespace) -> int:
     if args.output:
         require_folder_of(args.output)
-    model, config, names = load_model(args)
+    paths = expand_inputs(args.inputs)
+    if not (args.resume or args.random_weights):
+        raise UserError("predict needs weights: pass --resume with a checkpoint, a model zoo name or a URL (or "
+                        "--random-weights to try the pipeline on an untrained model)")
+    model, config, payload = model_from_arguments(args)
+    if args.random_weights:
+        print("warning: random weights (--random-weights): these predictions mean nothing")
+    names = class_names(config.MODEL.NUM_CLASSES, payload.get("class_names"))
     device = torch.device(args.device)
-    results = predict(model.to(device), build_transform(False, config), expand_inputs(args.inputs), args.topk,
-                      args.batch_size, device)
+    results = predict(model.to(device), build_transform(False, config), paths, args.topk, args.batch_size, device)
     write_results(results, names, args.output)
     return 0
 

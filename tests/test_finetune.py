@@ -1,0 +1,100 @@
+"""Fine-tuning controls: layer-wise lr decay by the reference's layer assignment, frozen stages and linear probes."""
+
+import math
+import os
+
+import pytest
+import torch
+from conftest import ROOT, TINY_CFG, run_main
+
+from config import load_config
+from engine import ModelEma
+from lr_scheduler import ScaledLrs, build_scheduler
+from models import build_model
+from models.freeze import freeze
+from optimizer import build_optimizer
+
+# Swin-T has depths 2, 2, 6, 2: 12 blocks, so layers 0 (embedding) to 13 (head). Expected layers written out by hand.
+SWIN_T_LAYERS = {
+    "patch_embed.proj.weight": 0, "patch_embed.norm.bias": 0,
+    "layers.0.blocks.0.attn.qkv.weight": 1, "layers.0.blocks.1.mlp.fc2.bias": 2,
+    "layers.0.downsample.reduction.weight": 2, "layers.0.downsample.norm.weight": 2,
+    "layers.1.blocks.0.norm1.weight": 3, "layers.1.downsample.reduction.weight": 4,
+    "layers.2.blocks.0.attn.relative_position_bias_table": 5, "layers.2.blocks.5.attn.proj.weight": 10,
+    "layers.2.downsample.norm.bias": 10, "layers.3.blocks.0.mlp.fc1.weight": 11,
+    "layers.3.blocks.1.norm2.weight": 12, "norm.weight": 13, "head.weight": 13, "head.bias": 13,
+}
+
+
+def cosine_lr(step: int, base: float, warmup_lr: float, min_lr: float, warmup: int, total: int) -> float:
+    """Linear warm-up, then a cosine over the remaining steps (the reference's WARMUP_PREFIX True)."""
+    if step < warmup:
+        return warmup_lr + step * (base - warmup_lr) / warmup
+    return min_lr + 0.5 * (base - min_lr) * (1 + math.cos(math.pi * (step - warmup) / (total - warmup)))
+
+
+def test_layer_decay_lrs_follow_the_formula_for_swin_t():
+    config = load_config(os.path.join(ROOT, "configs", "swin_tiny.yaml"),
+                         ["TRAIN.LAYER_DECAY", "0.8", "TRAIN.EPOCHS", "3", "TRAIN.WARMUP_EPOCHS", "1"])
+    model = build_model(config)
+    lrs = ScaledLrs(base=1e-3, warmup=1e-6, min=1e-5)
+    optimizer = build_optimizer(config, model, lrs.base, fused=False)
+    scheduler = build_scheduler(config, optimizer, steps_per_epoch=10, lrs=lrs)
+    group_of = {id(p): g for g in optimizer.param_groups for p in g["params"]}
+    params = dict(model.named_parameters())
+    assert len({id(p) for g in optimizer.param_groups for p in g["params"]}) == len(params)
+    for step in (0, 4, 10, 17, 29):
+        scheduler.step_update(step)
+        expected = cosine_lr(step, lrs.base, lrs.warmup, lrs.min, warmup=10, total=30)
+        for name, layer in SWIN_T_LAYERS.items():
+            lr = group_of[id(params[name])]["lr"]
+            assert lr == pytest.approx(expected * 0.8 ** (13 - layer), rel=1e-9), (step, name)
+    decayed = {group_of[id(params[n])]["weight_decay"] for n in ("layers.0.blocks.0.attn.qkv.weight", "head.weight")}
+    exempt = {group_of[id(params[n])]["weight_decay"] for n in ("norm.weight", "head.bias", "patch_embed.norm.bias")}
+    assert decayed == {config.TRAIN.WEIGHT_DECAY} and exempt == {0.0}
+
+
+def test_without_layer_decay_the_two_reference_groups_stay():
+    config = load_config(TINY_CFG)
+    optimizer = build_optimizer(config, build_model(config), 1e-3, fused=False)
+    assert [g["weight_decay"] for g in optimizer.param_groups] == [config.TRAIN.WEIGHT_DECAY, 0.0]
+    assert all("lr_scale" not in g for g in optimizer.param_groups)
+
+
+def test_frozen_parameters_are_left_out_of_the_optimizer_and_the_ema():
+    config = load_config(TINY_CFG)
+    model = build_model(config)
+    frozen = freeze(model, linear_probe=True)
+    assert frozen == sum(p.numel() for n, p in model.named_parameters() if not n.startswith("head."))
+    optimizer = build_optimizer(config, model, 1e-3, fused=False)
+    trained = {id(p) for g in optimizer.param_groups for p in g["params"]}
+    assert trained == {id(model.head.weight), id(model.head.bias)}
+    ema = ModelEma(model, 0.5)
+    with torch.no_grad():
+        model.norm.weight.add_(1.0)  # a frozen tensor changed behind the EMA's back stays out of it
+        model.head.weight.add_(1.0)
+    before = ema.module.norm.weight.clone()
+    ema.update()
+    assert torch.equal(ema.module.norm.weight, before)
+    torch.testing.assert_close(ema.module.head.weight, model.head.weight - 0.5)
+
+
+@pytest.mark.parametrize("how", ["stages", "probe"])
+def test_a_frozen_fine_tune_changes_only_what_it_trains(how, tmp_path):
+    torch.manual_seed(0)
+    source = build_model(load_config(TINY_CFG))
+    torch.save({"model": source.state_dict()}, tmp_path / "start.pth")
+    opts = ["TRAIN.FREEZE_STAGES", "1"] if how == "stages" else ["TRAIN.LINEAR_PROBE", "True"]
+    result = run_main("--cfg", TINY_CFG, "--pretrained", str(tmp_path / "start.pth"), "--output", str(tmp_path),
+                      "--opts", *opts, "TRAIN.EMA_DECAY", "0.9")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "frozen: " in result.stdout
+    payload = torch.load(tmp_path / "swin_tiny_test" / "default" / "ckpt_epoch_1.pth", weights_only=True)
+    trained = {"stages": ("layers.1.", "norm.", "head."), "probe": ("head.",)}[how]
+    for name, start in source.state_dict().items():
+        if not start.is_floating_point():
+            continue
+        moved = not torch.equal(payload["model"][name], start)
+        assert moved == name.startswith(trained), name
+        assert torch.equal(payload["model_ema"][name], start) or name.startswith(trained), name
+    assert set(payload["optimizer_param_names"]) == {n for n, _ in source.named_parameters() if n.startswith(trained)}

@@ -1,0 +1,54 @@
+"""The model a tool works on: --cfg and --opts, or the config its weights carry, and the weights themselves.
+
+predict, export and summary take the same three flags. Weights are a file, a model zoo name or
+a URL (downloaded once into the torch hub cache); without --cfg the model is rebuilt from the
+config stored in a checkpoint written here, or from a zoo name's published config.
+"""
+
+import argparse
+from typing import Optional
+
+import torch
+from torch import nn
+from yacs.config import CfgNode
+
+from checkpoint import load_weights, reference_state
+from config import config_from_weights, load_config
+from models import build_model, zoo
+from utils import ConfigError, load_checkpoint_file
+from weights import local_weights
+
+
+def add_model_arguments(parser: argparse.ArgumentParser, weights_help: str) -> None:
+    parser.add_argument("--cfg", help="the model's config (default: the one stored with the weights)")
+    parser.add_argument("--resume", metavar="WEIGHTS", help=weights_help)
+    parser.add_argument("--opts", nargs="+", metavar="KEY VALUE", help="config KEY VALUE pairs")
+
+
+def config_from_arguments(args: argparse.Namespace, weights_path: str = "", payload: Optional[dict] = None,
+                          head_classes: Optional[int] = None) -> CfgNode:
+    """--cfg with --opts, else the config of --resume; a checkpoint's head decides the class count."""
+    opts = list(args.opts or ())
+    if args.cfg:
+        if head_classes is not None:
+            opts = ["MODEL.NUM_CLASSES", str(head_classes)] + opts
+        return load_config(args.cfg, opts)
+    if not args.resume:
+        raise ConfigError("no model: pass --cfg FILE, or --resume with a checkpoint written here or a model zoo name")
+    if zoo.find(args.resume):
+        return config_from_weights(args.resume, "--resume", opts)
+    return config_from_weights(weights_path, "--resume", opts, payload)
+
+
+def model_from_arguments(args: argparse.Namespace) -> tuple[nn.Module, CfgNode, dict]:
+    """The model in eval mode with the weights of --resume (random without), its config and the checkpoint."""
+    path = local_weights(args.resume) if args.resume else ""
+    payload = load_checkpoint_file(path) if path else {}
+    state = reference_state(payload, path, None)[0] if path else None
+    head = state["head.weight"].shape[0] if state is not None and "head.weight" in state else None
+    config = config_from_arguments(args, path, payload, head)
+    torch.manual_seed(config.SEED)
+    model = build_model(config)
+    if state is not None:
+        load_weights(model, state, path, "pick the config it was trained with, or leave --cfg out")
+    return model.eval(), config, payload
