@@ -155,6 +155,7 @@ class ResumePoint:
     rng: list = field(default_factory=list)  # each rank's random generator states, by rank
     world_size: int = 0  # processes of the run that wrote it (0: unknown)
     config_text: str = ""
+    run_index: int = -1  # how many runs of this training came before the one that wrote it (-1: none)
 
 
 def read_resume_point(path: str, payload: dict) -> ResumePoint:
@@ -166,7 +167,8 @@ def read_resume_point(path: str, payload: dict) -> ResumePoint:
                        max_accuracy=float(payload.get("max_accuracy", 0.0)), totals=payload.get("epoch_totals", {}),
                        history=list(payload.get("metrics_history", [])), rng=[rng] if isinstance(rng, dict) else rng,
                        world_size=int(payload.get("world_size", 0)),
-                       config_text=config_text if isinstance(config_text, str) else "")
+                       config_text=config_text if isinstance(config_text, str) else "",
+                       run_index=int(payload.get("run_index", 0)))
 
 
 def load_model_weights(path: str, model: nn.Module, logger: Optional[logging.Logger] = None) -> dict:

@@ -15,17 +15,34 @@ from utils import UserError, report_user_error
 
 
 class StrictParser(argparse.ArgumentParser):
-    """argparse that reports a bad command line in one line and refuses a flag given twice."""
+    """argparse that reports a bad command line in one line and refuses a flag given twice.
+
+    `flag_hints` maps flags of other tools (timm's train.py: --lr, --epochs ...) to the config key
+    or flag that does the same here, so a user trying them is told what to type instead.
+    """
+
+    def __init__(self, *args: object, flag_hints: Optional[dict[str, str]] = None, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)
+        self.flag_hints = flag_hints or {}
 
     def error(self, message: str) -> NoReturn:
         if "unrecognized arguments:" in message:
-            unknown = message.split(":", 1)[1].split()
-            flags = [s for a in self._actions for s in a.option_strings]
-            close = [m for u in unknown if u.startswith("-") for m in difflib.get_close_matches(u, flags, n=1)]
-            if close:
-                message += f" (did you mean {close[0]}?)"
+            message += self._hint(message.split(":", 1)[1].split())
         print(f"error: {message}; see `{self.prog} --help`", file=sys.stderr)
         sys.exit(2)
+
+    def _hint(self, unknown: list[str]) -> str:
+        for position, word in enumerate(unknown):
+            flag, _, inline = word.partition("=")
+            if flag in self.flag_hints:
+                target, _, note = self.flag_hints[flag].partition("|")
+                if target.startswith("-"):
+                    return f" (here it is {target})"
+                value = inline or (unknown[position + 1] if position + 1 < len(unknown) else "VALUE")
+                return f" (here {flag} is a config key: --opts {target} {value}{note})"
+        flags = [s for a in self._actions for s in a.option_strings]
+        close = [m for u in unknown if u.startswith("-") for m in difflib.get_close_matches(u, flags, n=1)]
+        return f" (did you mean {close[0]}?)" if close else ""
 
     def parse_args(self, args: Optional[list[str]] = None, namespace: Optional[argparse.Namespace] = None
                    ) -> argparse.Namespace:

@@ -13,6 +13,7 @@ import torch
 from timm.scheduler.scheduler import Scheduler
 from torch import nn
 
+from evaluation import ClassTally
 from logger import MetricsWriter
 from runtime import Runtime
 from utils import UserError
@@ -141,6 +142,8 @@ def _end_of_window(ctx: TrainContext, epoch: int, index: int, total: int) -> Opt
         ctx.totals["skipped_steps"] += 1
         _track_nonfinite(ctx, loss_finite, epoch, index)
     ctx.scheduler.step_update((epoch * total + index) // ctx.accumulation_steps)
+    if ctx.metrics is not None:  # every step's lr, for plots that show the warm-up
+        ctx.metrics.scalars({"lr_step": max(g["lr"] for g in ctx.optimizer.param_groups)}, epoch * total + index + 1)
     ctx.meters["grad_norm"] = norm
     ctx.meters["loss_scale"] = float(ctx.scaler.get_scale()) if ctx.scaler.is_enabled() else 1.0
     return signum
@@ -212,6 +215,7 @@ def epoch_figures(ctx: TrainContext) -> dict:
         "lr": max(group["lr"] for group in ctx.optimizer.param_groups),
         "skipped_steps": float(sums["skipped_steps"]),
         "train_img_s": sums["images"] / max(sums["seconds"], 1e-9),
+        "train_s": float(sums["seconds"]),
     }
 
 
@@ -234,15 +238,18 @@ def _track_nonfinite(ctx: TrainContext, loss_finite: bool, epoch: int, index: in
 
 
 @torch.no_grad()
-def validate(model: nn.Module, loader: Iterable, rt: Runtime) -> dict:
-    """Top-1, top-5 and mean cross-entropy over every image of the loader's dataset on all ranks.
+def validate(model: nn.Module, loader: Iterable, rt: Runtime, tally: Optional[ClassTally] = None,
+             logger: Optional[logging.Logger] = None, print_freq: int = 0) -> dict:
+    """Top-1, top-5 (for more than 5 classes) and mean cross-entropy over every image of the loader's dataset
+    on all ranks; per-class counts into `tally` when given; a progress line every `print_freq` batches.
 
     Counts and sums (not per-rank means) are added over ranks, so any number of processes gives
     the same figures as one.
     """
     model.eval()
     totals = torch.zeros(4, dtype=torch.float64, device=rt.device)  # correct@1, correct@5, loss sum, count
-    for batch in loader:
+    num_classes, started = 0, time.time()
+    for step, batch in enumerate(loader):
         if batch is None:  # every image of the batch was undecodable and skipped (DATA.DECODE_ERRORS skip)
             continue
         images, targets = batch
@@ -250,15 +257,30 @@ def validate(model: nn.Module, loader: Iterable, rt: Runtime) -> dict:
         with rt.autocast():
             logits = model(images)
         logits = logits.float()
+        num_classes = logits.shape[1]
         loss = nn.functional.cross_entropy(logits, targets, reduction="sum")
-        top = logits.topk(min(5, logits.shape[1]), dim=1).indices
+        top = logits.topk(min(5, num_classes), dim=1).indices
         hits = top == targets[:, None]
         totals += torch.stack([hits[:, :1].sum(), hits.sum(), loss, torch.tensor(len(targets), device=rt.device)]
                               ).to(torch.float64)
+        if tally is not None:
+            tally.add(targets, top[:, 0])
+        if logger is not None and print_freq and (step + 1) % print_freq == 0 and step + 1 < len(loader):
+            logger.info(f"val [{step + 1}/{len(loader)}] {time.time() - started:.0f}s")
     correct1, correct5, loss_sum, count = rt.all_reduce_sum(totals).tolist()
+    if tally is not None:
+        tally.reduce(rt)
     count = max(count, 1.0)
-    return {"top1": 100.0 * correct1 / count, "top5": 100.0 * correct5 / count, "loss": loss_sum / count,
-            "count": count}
+    result = {"top1": 100.0 * correct1 / count, "loss": loss_sum / count, "count": count}
+    if num_classes == 0 or num_classes > 5:  # top-5 of five classes or fewer is always 100%
+        result["top5"] = 100.0 * correct5 / count
+    return result
+
+
+def describe(stats: dict) -> str:
+    """`top-1 X% top-5 Y% loss Z` for a validation result (top-5 only where it was measured)."""
+    top5 = f" top-5 {stats['top5']:.2f}%" if "top5" in stats else ""
+    return f"top-1 {stats['top1']:.2f}%{top5} loss {stats['loss']:.4f}"
 
 
 @torch.no_grad()

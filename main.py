@@ -19,12 +19,39 @@ from config import get_config
 from logger import create_logger
 from runtime import init_runtime, launcher_ranks, meet_before_exit, shutdown_runtime
 from trainer import Interrupted, run_eval, run_throughput, run_training
-from utils import UserError, announce_user_error, seed_everything
+from utils import UserError, announce_user_error, seed_everything, write_to_log_files
 from weights import with_local_weights
+
+# timm train.py flags and what sets the same thing here (hints, not aliases: one way to set each thing).
+TIMM_FLAGS = {
+    "--lr": "TRAIN.BASE_LR|, a rate per 512 images that is scaled to the global batch",
+    "--epochs": "TRAIN.EPOCHS", "--img-size": "DATA.IMG_SIZE",
+    "--input-size": "DATA.IMG_SIZE", "--workers": "DATA.NUM_WORKERS", "-j": "DATA.NUM_WORKERS",
+    "--weight-decay": "TRAIN.WEIGHT_DECAY", "--wd": "TRAIN.WEIGHT_DECAY", "--drop-path": "MODEL.DROP_PATH_RATE",
+    "--drop": "MODEL.DROP_RATE", "--warmup-epochs": "TRAIN.WARMUP_EPOCHS", "--warmup-lr": "TRAIN.WARMUP_LR",
+    "--min-lr": "TRAIN.MIN_LR", "--smoothing": "MODEL.LABEL_SMOOTHING", "--mixup": "AUG.MIXUP",
+    "--cutmix": "AUG.CUTMIX", "--aa": "AUG.AUTO_AUGMENT", "--reprob": "AUG.REPROB",
+    "--color-jitter": "AUG.COLOR_JITTER",
+    "--clip-grad": "TRAIN.CLIP_GRAD", "--seed": "SEED", "--sched": "TRAIN.LR_SCHEDULER.NAME",
+    "--model-ema-decay": "TRAIN.EMA_DECAY", "--layer-decay": "TRAIN.LAYER_DECAY", "--log-interval": "PRINT_FREQ",
+    "--checkpoint-hist": "TRAIN.KEEP_CHECKPOINTS", "--model": "MODEL.TYPE", "--opt": "TRAIN.OPTIMIZER.NAME",
+    "-b": "--batch-size", "--data-dir": "--data-path", "--initial-checkpoint": "--pretrained",
+    "--grad-accum-steps": "--accumulation-steps", "--experiment": "--tag", "--amp": "--amp-dtype (AMP is on by "
+    "default; --disable_amp turns it off)", "--model-ema": "--opts TRAIN.EMA_DECAY 0.9998",
+    "--freeze": "--opts TRAIN.FREEZE_STAGES N or TRAIN.LINEAR_PROBE True",
+}
+_HELP_KEYS = """most used config keys (set with --opts KEY VALUE; all of them are in config.py):
+  TRAIN.EPOCHS  TRAIN.BASE_LR  TRAIN.WARMUP_EPOCHS  TRAIN.MIN_LR  TRAIN.WEIGHT_DECAY  TRAIN.CLIP_GRAD
+  TRAIN.LAYER_DECAY  TRAIN.FREEZE_STAGES  TRAIN.LINEAR_PROBE  TRAIN.EMA_DECAY  TRAIN.AUTO_RESUME
+  DATA.IMG_SIZE  DATA.NUM_WORKERS  DATA.DATASET  MODEL.NUM_CLASSES  MODEL.DROP_PATH_RATE  MODEL.LABEL_SMOOTHING
+  AUG.AUTO_AUGMENT  AUG.MIXUP  AUG.CUTMIX  AUG.REPROB  SEED  PRINT_FREQ  SAVE_FREQ
+published weights by name: python -m tools.zoo"""
 
 
 def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
-    parser = StrictParser("python main.py", description="Swin Transformer training and evaluation", allow_abbrev=False)
+    parser = StrictParser("python main.py", description="Swin Transformer training and evaluation", allow_abbrev=False,
+                          flag_hints=TIMM_FLAGS, epilog=_HELP_KEYS,
+                          formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cfg", metavar="FILE", help="path to the config file (optional with a model zoo name or a "
                         "checkpoint written here: their config is used)")
     parser.add_argument("--opts", nargs="+", default=None, metavar="KEY VALUE", help="config KEY VALUE pairs")
@@ -32,8 +59,9 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     parser.add_argument("--data-path", help="dataset folder")
     parser.add_argument("--zip", action="store_true", help="read train.zip / val.zip with map files")
     parser.add_argument("--cache-mode", choices=("no", "full", "part"), help="zip cache: no, full or part")
-    parser.add_argument("--pretrained", help="weights to fine-tune from (adapted to the model)")
-    parser.add_argument("--resume", help="checkpoint to resume from")
+    parser.add_argument("--pretrained", help="weights to fine-tune from (adapted to the model): a file, a model zoo "
+                        "name or a URL")
+    parser.add_argument("--resume", help="checkpoint to resume from: a file, a model zoo name or a URL")
     parser.add_argument("--accumulation-steps", type=int, help="micro-batches per optimizer step")
     parser.add_argument("--use-checkpoint", action="store_true", help="gradient checkpointing to save memory")
     parser.add_argument("--disable_amp", action="store_true", help="run in fp32")
@@ -101,6 +129,7 @@ def _run_main(args: argparse.Namespace, is_rank0: bool) -> int:
     except Interrupted as stop:
         if is_rank0:
             print(f"interrupted: {stop}", file=sys.stderr)
+        write_to_log_files(f"interrupted: {stop}")
         return 128 + stop.signum
     return 0
 

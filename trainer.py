@@ -13,6 +13,7 @@ from typing import Optional
 import torch
 from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 from torch import nn
+from torch.utils.data import DataLoader
 from yacs.config import CfgNode
 
 import engine
@@ -22,12 +23,14 @@ from checkpoint import (
     load_pretrained,
     load_weights,
     read_resume_point,
+    reference_state,
     restore_optimizer,
     restore_scaler,
     save_training_state,
     training_state,
 )
-from data import LoaderBundle, build_loader
+from data import LoaderBundle, build_eval_loader, build_loader
+from evaluation import ClassTally
 from logger import MetricsWriter
 from lr_scheduler import build_scheduler, scale_lrs
 from models import build_model
@@ -46,7 +49,7 @@ from run_folder import (
     write_config,
 )
 from runtime import Runtime, wrap_model
-from utils import UserError, find_resume_checkpoint, prune_checkpoints
+from utils import DataError, UserError, find_resume_checkpoint, load_checkpoint_file, prune_checkpoints
 
 
 class Interrupted(Exception):
@@ -138,24 +141,41 @@ def run_throughput(config: CfgNode, rt: Runtime, logger: logging.Logger) -> dict
     return result
 
 
-def _eval_setup(config: CfgNode, rt: Runtime, logger: logging.Logger) -> tuple[nn.Module, LoaderBundle]:
-    if not (config.MODEL.RESUME or config.MODEL.PRETRAINED):
+def _eval_setup(config: CfgNode, rt: Runtime, logger: logging.Logger
+                ) -> tuple[nn.Module, DataLoader, list[str], int]:
+    """The model with the weights to evaluate, and the validation data labelled as that model numbers its classes.
+
+    --resume weights are taken as they are, with the class count of their head; --pretrained ones
+    are adapted to the data's classes, as fine-tuning would start from them.
+    """
+    path = config.MODEL.RESUME or config.MODEL.PRETRAINED
+    if not path:
         raise UserError("--eval needs weights: pass --resume CKPT or --pretrained CKPT")
-    data = build_loader(config, rt, logger)
-    config = _with_num_classes(config, data.num_classes)
-    bare = _new_model(config, rt, logger)  # evaluation needs no DDP wrapper, and no collective here
-    if config.MODEL.RESUME:
-        load_model_weights(config.MODEL.RESUME, bare, logger)
-    else:
-        load_pretrained(bare, config.MODEL.PRETRAINED, logger)
-    return bare, data
+    if not config.MODEL.RESUME:
+        loader, classes, names = build_eval_loader(config, rt, None, logger)
+        bare = _new_model(_with_num_classes(config, classes), rt, logger)
+        load_pretrained(bare, path, logger)
+        return bare, loader, names, classes
+    payload = load_checkpoint_file(path)
+    state, _ = reference_state(payload, path, logger)
+    loader, data_classes, names = build_eval_loader(config, rt, payload.get("class_names"), logger)
+    classes = state["head.weight"].shape[0] if "head.weight" in state else data_classes
+    if data_classes > classes:
+        raise DataError(f"the data has {data_classes} classes and the head of {path} {classes}; evaluate it on the "
+                        "data it was trained for, or fine-tune it with --pretrained")
+    bare = _new_model(_with_num_classes(config, classes), rt, logger)  # no DDP wrapper, and no collective here
+    load_weights(bare, state, path, "pick the config it was trained with, or leave --cfg out to use its own")
+    return bare, loader, names, classes
 
 
 def run_eval(config: CfgNode, rt: Runtime, logger: logging.Logger) -> dict:
-    bare, data = rt.agreed(lambda: _eval_setup(config, rt, logger))
-    result = engine.validate(bare, data.loader_val, rt)
-    logger.info(f"eval on {int(result['count'])} images: top-1 {result['top1']:.3f}% top-5 {result['top5']:.3f}% "
-                f"loss {result['loss']:.4f}")
+    bare, loader, names, classes = rt.agreed(lambda: _eval_setup(config, rt, logger))
+    tally = ClassTally(classes, rt.device)
+    result = engine.validate(bare, loader, rt, tally, logger, config.PRINT_FREQ)
+    logger.info(f"eval on {int(result['count'])} images: {engine.describe(result)}")
+    if rt.is_main:
+        for path in tally.write(config.OUTPUT, "eval", names):
+            logger.info(f"wrote {path}")
     return result
 
 
@@ -193,6 +213,7 @@ class Training:
         self.max_accuracy = 0.0
         self.resumed_from = ""
         self.differences: dict = {}
+        self.run_index = 0  # runs of this training before this one (resumes), recorded in each epoch's metrics
 
     def _setup(self) -> ResumePoint:
         rt, config = self.rt, self.config
@@ -249,6 +270,7 @@ class Training:
             self.logger.warning(f"{path} holds the random states of {len(point.rng)} processes, not "
                                 f"{self.rt.world_size}: this run draws from SEED + rank instead")
         self.history, self.max_accuracy, self.resumed_from = point.history, point.max_accuracy, path
+        self.run_index = point.run_index + 1
         total = len(self.data.loader_train)
         done = point.epoch * total + point.batches
         if done:
@@ -288,7 +310,8 @@ class Training:
         if self.rt.is_main:
             progress = {"epoch": epoch - 1, "resume_at": [epoch, batches], "max_accuracy": self.max_accuracy,
                         "class_names": self.data.class_names, "rng": rng, "world_size": self.rt.world_size,
-                        "metrics_history": self.history, "epoch_totals": dict(self.ctx.totals) if batches else {}}
+                        "metrics_history": self.history, "epoch_totals": dict(self.ctx.totals) if batches else {},
+                        "run_index": self.run_index}
             state = training_state(self.bare, self.ctx.optimizer, self.ctx.scheduler, self.ctx.scaler, progress,
                                    self.config)
             if self.ctx.ema is not None:
@@ -324,9 +347,9 @@ class Training:
         try:
             point = self._setup()
             if point.epoch >= self.config.TRAIN.EPOCHS:
-                self.logger.info(f"run {self.config.OUTPUT} is finished: {point.epoch} epochs, best val top-1 "
-                                 f"{self.max_accuracy:.2f}%; to train longer, pass --resume {point.path} with a "
-                                 "larger TRAIN.EPOCHS")
+                outcome = self._outcome() if self.history else f"best val top-1 {self.max_accuracy:.2f}%"
+                self.logger.info(f"run {self.config.OUTPUT} is finished: {point.epoch} epochs, {outcome}; to train "
+                                 f"longer, pass --resume {point.path} with a larger TRAIN.EPOCHS")
                 return {"max_accuracy": self.max_accuracy}
             return self._train(point)
         finally:
@@ -346,8 +369,17 @@ class Training:
                     metrics.epoch(result)
         finally:
             metrics.close()
-        self.logger.info(f"training took {time.time() - started:.0f}s; best val top-1 {self.max_accuracy:.2f}%")
+        self.logger.info(f"training took {time.time() - started:.0f}s in this run; {self._outcome()}")
         return result
+
+    def _outcome(self) -> str:
+        """Best epoch, its top-1, where best.pth is, and the time of every run of this training together."""
+        best = max(reversed(self.history), key=lambda r: r["val_top1"])  # the last of equals, as best.pth is
+        seconds = sum(r.get("train_s", 0.0) + r.get("val_s", 0.0) for r in self.history)
+        path = os.path.join(self.config.OUTPUT, "best.pth")
+        where = f"weights {path}" if os.path.exists(path) else "best.pth not written (SAVE_FREQ skipped that epoch)"
+        return (f"best val top-1 {best['val_top1']:.2f}% at epoch {best['epoch']}, {where}; {len(self.history)} "
+                f"epochs took {seconds / 60:.1f} min of training and validation over all runs")
 
     def _epoch(self, epoch: int, start_batch: int, totals: Optional[dict]) -> dict:
         sampler = self.data.loader_train.sampler
@@ -358,17 +390,22 @@ class Training:
         # Saved before validation, so an unreadable validation image does not cost the epoch's training.
         before_validation = self.save(epoch, len(self.data.loader_train)) if due else ""
         # The bare model: DDP's forward may talk to the other ranks, and a rank can have no validation images.
-        val_stats = engine.validate(self.bare, self.data.loader_val, self.rt)
+        val_started, last = time.time(), epoch == self.config.TRAIN.EPOCHS - 1
+        tally = ClassTally(self.config.MODEL.NUM_CLASSES, self.rt.device) if last else None
+        val_stats = engine.validate(self.bare, self.data.loader_val, self.rt, tally, self.logger,
+                                    self.config.PRINT_FREQ)
         is_best = val_stats["top1"] >= self.max_accuracy
         self.max_accuracy = max(self.max_accuracy, val_stats["top1"])
-        self.logger.info(f"epoch {epoch}: val top-1 {val_stats['top1']:.2f}% top-5 {val_stats['top5']:.2f}% "
-                         f"loss {val_stats['loss']:.4f} (best top-1 {self.max_accuracy:.2f}%)")
+        self.logger.info(f"epoch {epoch}: val {engine.describe(val_stats)} (best top-1 {self.max_accuracy:.2f}%)")
+        if tally is not None and self.rt.is_main:
+            for path in tally.write(self.config.OUTPUT, "val", self.data.class_names):
+                self.logger.info(f"wrote {path}")
         if self.ctx.ema is not None:
             ema_stats = engine.validate(self.ctx.ema.module, self.data.loader_val, self.rt)
             self.logger.info(f"epoch {epoch}: EMA val top-1 {ema_stats['top1']:.2f}% loss {ema_stats['loss']:.4f}")
             val_stats.update(ema_top1=ema_stats["top1"], ema_loss=ema_stats["loss"])
         record = {"epoch": epoch, **train_stats, **{f"val_{k}": v for k, v in val_stats.items()},
-                  "max_accuracy": self.max_accuracy}
+                  "max_accuracy": self.max_accuracy, "val_s": time.time() - val_started, "run": self.run_index}
         self.history.append(record)
         if due:
             self.save(epoch + 1, 0, is_best)

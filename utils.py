@@ -59,10 +59,22 @@ def report_user_error(err: UserError, show: bool = True) -> int:
         message = lines[-1].split(": ", 1)[-1]
     else:
         message = " ".join(lines)
-    if show and not getattr(err, "reported", False):
-        print(f"error: {message}", file=sys.stderr)
+    if not getattr(err, "reported", False):
+        if show:
+            print(f"error: {message}", file=sys.stderr)
+        write_to_log_files(f"error: {message}")
     err.reported = True
     return 2
+
+
+def write_to_log_files(line: str) -> None:
+    """Append `line` to this process's run logs (log_rank*.txt), so the run folder tells how the run ended."""
+    for name, logger in list(logging.Logger.manager.loggerDict.items()):
+        if name.startswith("swin.rank") and isinstance(logger, logging.Logger):
+            record = logger.makeRecord(name, logging.ERROR, __file__, 0, line, None, None)
+            for handler in logger.handlers:
+                if isinstance(handler, logging.FileHandler):
+                    handler.handle(record)
 
 
 # Free space below which a failed write is taken for a full disk.

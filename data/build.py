@@ -88,30 +88,44 @@ def collate_skipping_none(batch: list) -> Any:
     return default_collate(kept)
 
 
-def _build_datasets(config: CfgNode, rt: Runtime) -> tuple[Dataset, Dataset]:
-    kind = config.DATA.DATASET
+def _check_data_path(config: CfgNode) -> str:
     root = config.DATA.DATA_PATH
-    train_tf, val_tf = build_transform(True, config), build_transform(False, config)
-    if kind == "digits":
-        return DigitsDataset(True, train_tf), DigitsDataset(False, val_tf)
-    if kind == "fake":
-        num_classes = config.MODEL.NUM_CLASSES
-        return (FakeDataset(_FAKE_TRAIN_SIZE, config.DATA.IMG_SIZE, num_classes),
-                FakeDataset(_FAKE_VAL_SIZE, config.DATA.IMG_SIZE, num_classes))
     if not root:
-        raise DataError(f"DATA.DATASET {kind} needs a dataset; pass --data-path DIR (or use DATA.DATASET digits)")
+        raise DataError(f"DATA.DATASET {config.DATA.DATASET} needs a dataset; pass --data-path DIR (or use "
+                        "DATA.DATASET digits)")
     if not os.path.isdir(root):
         raise DataError(f"data path {root} does not exist; pass the folder that holds train/ and val/")
+    return root
+
+
+def _build_val_dataset(config: CfgNode, root_of_val: bool = False) -> Dataset:
+    """The validation set; with `root_of_val`, a folder without val/ is taken as the class-folder tree itself."""
+    kind, val_tf = config.DATA.DATASET, build_transform(False, config)
+    if kind == "digits":
+        return DigitsDataset(False, val_tf)
+    if kind == "fake":
+        return FakeDataset(_FAKE_VAL_SIZE, config.DATA.IMG_SIZE, config.MODEL.NUM_CLASSES)
+    root = _check_data_path(config)
     if config.DATA.ZIP_MODE:
-        cache = config.DATA.CACHE_MODE
-        return (
-            ZipMapDataset(os.path.join(root, "train.zip"), os.path.join(root, "train_map.txt"), train_tf, cache,
-                          rt.rank, rt.world_size),
-            ZipMapDataset(os.path.join(root, "val.zip"), os.path.join(root, "val_map.txt"), val_tf,
-                          "no" if cache == "no" else "full"),
-        )
-    return (ImageFolderDataset(os.path.join(root, "train"), train_tf),
-            ImageFolderDataset(os.path.join(root, "val"), val_tf))
+        return ZipMapDataset(os.path.join(root, "val.zip"), os.path.join(root, "val_map.txt"), val_tf,
+                             "no" if config.DATA.CACHE_MODE == "no" else "full")
+    folder = os.path.join(root, "val")
+    return ImageFolderDataset(root if root_of_val and not os.path.isdir(folder) else folder, val_tf)
+
+
+def _build_datasets(config: CfgNode, rt: Runtime) -> tuple[Dataset, Dataset]:
+    kind, train_tf = config.DATA.DATASET, build_transform(True, config)
+    if kind == "digits":
+        return DigitsDataset(True, train_tf), _build_val_dataset(config)
+    if kind == "fake":
+        return FakeDataset(_FAKE_TRAIN_SIZE, config.DATA.IMG_SIZE, config.MODEL.NUM_CLASSES), _build_val_dataset(config)
+    root = _check_data_path(config)
+    if config.DATA.ZIP_MODE:
+        train = ZipMapDataset(os.path.join(root, "train.zip"), os.path.join(root, "train_map.txt"), train_tf,
+                              config.DATA.CACHE_MODE, rt.rank, rt.world_size)
+    else:
+        train = ImageFolderDataset(os.path.join(root, "train"), train_tf)
+    return train, _build_val_dataset(config)
 
 
 def _check_classes(config: CfgNode, train: Dataset, val: Dataset) -> int:
@@ -144,6 +158,27 @@ def build_mixup(config: CfgNode, num_classes: int) -> Optional[Mixup]:
     return Mixup(mixup_alpha=aug.MIXUP, cutmix_alpha=aug.CUTMIX, cutmix_minmax=aug.CUTMIX_MINMAX,
                  prob=aug.MIXUP_PROB, switch_prob=aug.MIXUP_SWITCH_PROB, mode=aug.MIXUP_MODE,
                  label_smoothing=config.MODEL.LABEL_SMOOTHING, num_classes=num_classes)
+
+
+def build_eval_loader(config: CfgNode, rt: Runtime, class_names: Optional[list[str]] = None,
+                      logger: Optional[logging.Logger] = None) -> tuple[DataLoader, int, list[str]]:
+    """The validation loader alone, for --eval: DATA_PATH/val, or DATA_PATH itself when it is the class folders.
+
+    With the `class_names` a checkpoint was trained on, a folder holding some of them is labelled as the
+    model numbers them. Returns the loader, the class count and the class names.
+    """
+    val = _build_val_dataset(config, root_of_val=True)
+    if class_names and isinstance(val, ImageFolderDataset):
+        val.label_by(class_names)
+    skip = config.DATA.DECODE_ERRORS == "skip"
+    loader = DataLoader(SkipUndecodable(val, logger or logging.getLogger(__name__)) if skip else val,
+                        batch_size=config.DATA.BATCH_SIZE, sampler=ExactShardSampler(len(val), rt.rank, rt.world_size),
+                        collate_fn=collate_skipping_none if skip else default_collate,
+                        num_workers=config.DATA.NUM_WORKERS, worker_init_fn=ignore_stop_signals,
+                        pin_memory=config.DATA.PIN_MEMORY and rt.device.type == "cuda")
+    if config.DATA.NUM_WORKERS > 0:
+        _end_workers_at_exit()
+    return loader, len(val.classes), list(val.classes)
 
 
 def build_loader(config: CfgNode, rt: Runtime, logger: Optional[logging.Logger] = None) -> LoaderBundle:

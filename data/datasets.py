@@ -69,6 +69,17 @@ class ImageFolderDataset(Dataset):
             self.samples.extend((f, label) for f in files)
         self.targets = [label for _, label in self.samples]
 
+    def label_by(self, names: list[str]) -> None:
+        """Number the classes as a model trained on `names` does; this folder may hold a subset of them."""
+        unknown = sorted(set(self.classes) - set(names))
+        if unknown:
+            raise DataError(f"image folder {self.root} has class {unknown[0]!r}, which the model was not trained on "
+                            f"(it knows {len(names)} classes: {', '.join(names[:3])}, ...); evaluate on its classes")
+        index = {name: i for i, name in enumerate(names)}
+        self.samples = [(path, index[self.classes[label]]) for path, label in self.samples]
+        self.targets = [label for _, label in self.samples]
+        self.classes = list(names)
+
     def __len__(self) -> int:
         return len(self.samples)
 

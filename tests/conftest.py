@@ -33,9 +33,14 @@ def assert_user_error(result: subprocess.CompletedProcess, *fragments: str) -> N
         assert fragment in lines[0], lines[0]
 
 
+def requires_shared(relative: str):
+    """Skip, with the reason, where ../shared/<relative> is absent (a user's fresh clone has no ../shared)."""
+    return pytest.mark.skipif(not os.path.exists(os.path.join(SHARED, relative)),
+                              reason=f"../shared/{relative} is not beside this checkout")
+
+
 def requires_dataset(name: str):
-    return pytest.mark.skipif(not os.path.isdir(os.path.join(DATASETS, name)),
-                              reason=f"../shared/datasets/{name} is not beside this checkout")
+    return requires_shared(os.path.join("datasets", name))
 
 
 def assert_torchrun_user_error(result: subprocess.CompletedProcess, *fragments: str) -> None:

@@ -65,7 +65,8 @@ CASES = {
         "no cfg, no weights": (["{images}", "--random-weights"], ("no model", "--cfg")),
         "misspelt flag": (["{images}", "--cfg", TINY_CFG, "--top-k", "3"], ("--top-k",)),
         "opts twice": (["{images}", "--cfg", TINY_CFG, "--opts", "A", "1", "--opts", "B", "2"], ("--opts is given",)),
-        "odd opts": (["{images}", "--random-weights", "--cfg", TINY_CFG, "--opts", "DATA.IMG_SIZE"], ("DATA.IMG_SIZE has no value",)),
+        "odd opts": (["{images}", "--random-weights", "--cfg", TINY_CFG, "--opts", "DATA.IMG_SIZE"],
+                     ("DATA.IMG_SIZE has no value",)),
         "no inputs": (["--cfg", TINY_CFG], ("inputs",)),
     },
     summary.main: {

@@ -5,7 +5,7 @@ import pytest
 import timm
 import torch
 import torch.nn.functional as F
-from conftest import ROOT, SHARED, TINY_CFG
+from conftest import ROOT, SHARED, TINY_CFG, requires_shared
 from timm.models.swin_transformer import SwinTransformer as TimmSwin
 from timm.models.swin_transformer import checkpoint_filter_fn
 
@@ -192,6 +192,7 @@ def test_resize_bias_table_is_identity_at_same_size():
     torch.testing.assert_close(resize_bias_table(table, 49), table)
 
 
+@requires_shared("reference/map22kto1k.txt")
 def test_imagenet22k_to_1k_map_equals_the_reference():
     with open(os.path.join(SHARED, "reference", "map22kto1k.txt")) as f:
         expected = [int(line) for line in f.read().split()]

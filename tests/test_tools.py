@@ -25,7 +25,8 @@ def swin_tiny() -> torch.nn.Module:
 def test_predict_names_imagenet_classes_for_a_1000_class_model(tmp_path, capsys):
     out = tmp_path / "preds.json"
     code = predict.main([os.path.join(DATASETS, "imagenet-samples", "val"), "--cfg", TINY_CFG, "--output", str(out),
-                         "--random-weights", "--batch-size", "100", "--opts", "MODEL.NUM_CLASSES", "1000", "DATA.IMG_SIZE", "64"])
+                         "--random-weights", "--batch-size", "100", "--opts", "MODEL.NUM_CLASSES", "1000",
+                         "DATA.IMG_SIZE", "64"])
     assert code == 0
     rows = json.load(open(out))
     info = ImageNetInfo("imagenet-1k")

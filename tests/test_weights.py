@@ -12,7 +12,7 @@ import pytest
 import timm
 import torch
 import torchvision
-from conftest import ROOT, SHARED, TINY_CFG, run_main
+from conftest import ROOT, SHARED, TINY_CFG, requires_shared, run_main
 
 import weights
 from checkpoint import load_pretrained
@@ -125,10 +125,9 @@ def test_a_file_whose_hash_matches_its_name_is_kept(server, tiny_checkpoint, tmp
     assert path == os.path.join(str(tmp_path), "hub", "checkpoints", name) and open(path, "rb").read() == body
 
 
+@requires_shared("reference/model_zoo.tsv")
 def test_zoo_table_is_the_reference_model_hub():
     reference = os.path.join(SHARED, "reference", "model_zoo.tsv")
-    if not os.path.isfile(reference):
-        pytest.skip("../shared/reference/model_zoo.tsv is not beside this checkout")
     with open(reference, encoding="utf-8", newline="") as f:
         rows = list(csv.DictReader(f, delimiter="\t"))
     assert [(e.name, e.url, e.resolution, e.window, e.num_classes, e.top1) for e in zoo.entries()] == \

@@ -1,6 +1,10 @@
 """Plot a run's training curves (loss, learning rate, top-1/top-5 per epoch) from its metrics.jsonl to a PNG.
 
     python -m tools.plot_metrics output/swin_cifar10/default [--output curves.png]
+
+The best epoch is marked, and so are the epochs where a resumed run took over. The learning rate
+is drawn per optimizer step (the warm-up shows) from the run's TensorBoard events when they hold
+it, else per epoch.
 """
 
 import argparse
@@ -15,8 +19,8 @@ sys.path.insert(0, ROOT)
 from cli import StrictParser, run_command  # noqa: E402
 from utils import UserError, require_folder_of  # noqa: E402
 
-# The figures each epoch record must hold to be drawn.
-_PLOTTED = ("train_loss", "val_loss", "val_top1", "val_top5", "lr")
+# The figures each epoch record must hold to be drawn (top-5 is drawn where it was measured: over 5 classes).
+_PLOTTED = ("train_loss", "val_loss", "val_top1", "lr")
 
 
 def read_metrics(run_dir: str) -> list[dict]:
@@ -44,7 +48,37 @@ def read_metrics(run_dir: str) -> list[dict]:
     return [by_epoch[e] for e in sorted(by_epoch)]
 
 
-def plot(records: list[dict], output: str, title: str) -> None:
+def step_lrs(run_dir: str) -> list[tuple[int, float]]:
+    """(step, lr) for every optimizer step TensorBoard recorded under tensorboard/train; [] when there are none."""
+    folder = os.path.join(run_dir, "tensorboard", "train")
+    if not os.path.isdir(folder):
+        return []
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(folder, size_guidance={"scalars": 0})
+    events.Reload()
+    if "train/lr_step" not in events.Tags().get("scalars", []):
+        return []
+    return [(e.step, e.value) for e in events.Scalars("train/lr_step")]
+
+
+def resumed_epochs(records: list[dict]) -> list[int]:
+    """Epochs that a later run than the previous epoch's trained (in whole or in part)."""
+    return [b["epoch"] for a, b in zip(records, records[1:]) if b.get("run", 0) != a.get("run", 0)] + \
+        ([records[0]["epoch"]] if records[0].get("run", 0) > 0 else [])
+
+
+def _draw_lr(ax: object, records: list[dict], steps: list[tuple[int, float]]) -> None:
+    if steps:
+        per_epoch = max(s for s, _ in steps) / (records[-1]["epoch"] + 1)
+        ax.plot([s / per_epoch for s, _ in steps], [lr for _, lr in steps], "-")
+        ax.set(title="learning rate per step", xlabel="epoch")
+    else:
+        ax.plot([r["epoch"] for r in records], [r["lr"] for r in records], "o-")
+        ax.set(title="learning rate at epoch end", xlabel="epoch")
+
+
+def plot(records: list[dict], output: str, title: str, steps: list[tuple[int, float]] = ()) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -56,16 +90,21 @@ def plot(records: list[dict], output: str, title: str) -> None:
     ax_loss.plot(epochs, [r["train_loss"] for r in records], "o-", label="train")
     ax_loss.plot(epochs, [r["val_loss"] for r in records], "s-", label="val")
     ax_loss.set(title="loss", xlabel="epoch")
-    ax_loss.legend()
     ax_acc.plot(epochs, [r["val_top1"] for r in records], "o-", label="top-1")
-    ax_acc.plot(epochs, [r["val_top5"] for r in records], "s-", label="top-5")
+    if all("val_top5" in r for r in records):
+        ax_acc.plot(epochs, [r["val_top5"] for r in records], "s-", label="top-5")
+    best = max(reversed(records), key=lambda r: r["val_top1"])
+    ax_acc.plot([best["epoch"]], [best["val_top1"]], "*", markersize=16, color="gold", markeredgecolor="black",
+                label=f"best {best['val_top1']:.2f}% (epoch {best['epoch']})")
     ax_acc.set(title="validation accuracy (%)", xlabel="epoch", ylim=(0, 100))
-    ax_acc.legend()
-    ax_lr.plot(epochs, [r["lr"] for r in records], "o-")
-    ax_lr.set(title="learning rate at epoch end", xlabel="epoch")
+    _draw_lr(ax_lr, records, list(steps))
     for ax in (ax_loss, ax_acc, ax_lr):
+        for i, epoch in enumerate(resumed_epochs(records)):
+            ax.axvline(epoch, color="grey", linestyle=":", label="resumed" if i == 0 and ax is not ax_lr else None)
         ax.grid(alpha=0.3)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax_loss.legend()
+    ax_acc.legend()
     fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(output, dpi=100)
@@ -86,8 +125,11 @@ def _plot(args: argparse.Namespace) -> int:
         require_folder_of(args.output)
     run_dir = args.run if os.path.isdir(args.run) else os.path.dirname(args.run)
     output = args.output or os.path.join(run_dir, "curves.png")
-    plot(records, output, os.path.normpath(run_dir))
-    print(f"wrote {output} ({len(records)} epochs)")
+    steps = step_lrs(run_dir)
+    plot(records, output, os.path.normpath(run_dir), steps)
+    best = max(reversed(records), key=lambda r: r["val_top1"])
+    print(f"wrote {output} ({len(records)} epochs; best val top-1 {best['val_top1']:.2f}% at epoch {best['epoch']}; "
+          f"{len(resumed_epochs(records))} resumes; lr {'per step' if steps else 'per epoch'})")
     return 0
 
 
