@@ -75,6 +75,8 @@ def files(tmp_path_factory, finished):
     payload["model"]["layers.0.blocks.0.mlp.fc1.weight"][0, 0] = float("nan")
     paths["nan_ckpt"] = str(root / "nan.pth")
     torch.save(payload, paths["nan_ckpt"])
+    paths["bare"] = str(root / "bare.pth")
+    torch.save({"model": torch.load(checkpoint, weights_only=True)["model"]}, paths["bare"])
     paths["no_model"] = str(root / "no_model.pth")
     torch.save({"epoch": 3, "notes": "no weights"}, paths["no_model"])
     paths["folder"] = str(root)
@@ -159,6 +161,22 @@ COMMAND_LINE_CASES = {
     "missing cfg": (((), ()), ("--cfg",)),
     "flag without value": (t("--data-path"), ("--data-path",)),
     "eval without weights": (t("--eval"), ("--eval needs weights",)),
+    "timm's --lr": (t("--lr", "1e-3"), ("--lr", "--opts TRAIN.BASE_LR 1e-3", "per 512 images")),
+    "timm's --epochs=N": (t("--epochs=5"), ("--opts TRAIN.EPOCHS 5",)),
+    "timm's -b": (t("-b", "4"), ("here it is --batch-size",)),
+    "timm's --drop-path": (t("--drop-path", "0.1"), ("--opts MODEL.DROP_PATH_RATE 0.1",)),
+    "no cfg and weights without a config": ((("--pretrained", "{bare}"), ()), ("bare.pth carries no config", "--cfg")),
+    "no cfg and no weights": ((("--eval",), ()), ("no config", "--cfg")),
+    "zoo name of another architecture": (t("--pretrained", "swin_tiny_patch4_window7_224"),
+                                         ("configs/swin/swin_tiny_patch4_window7_224.yaml", "EMBED_DIM 16 vs 96")),
+    "zoo name misspelt": (t("--pretrained", "swin_tiny_patch4_window7_244"),
+                          ("did you mean swin_tiny_patch4_window7_224", "tools.zoo")),
+    "zoo name without a config": ((("--pretrained", "swin_large_patch4_window12_384_22k"), ()),
+                                  ("publishes no config", "--cfg")),
+    "eval of a zoo name at another resolution": (
+        (("--cfg", os.path.join(ROOT, "configs", "swin", "swin_base_patch4_window7_224.yaml"), "--eval", "--resume",
+          "swin_base_patch4_window12_384"), ("TRAIN.WARMUP_EPOCHS", "0")),
+        ("swin_base_patch4_window12_384_finetune.yaml", "DATA.IMG_SIZE")),
 }
 
 CHECKPOINT_CASES = {

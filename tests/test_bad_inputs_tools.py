@@ -9,7 +9,7 @@ from bad_inputs import assert_one_error_line, call, image_tree, png_bytes
 from conftest import TINY_CFG, digest
 
 from data import make_map
-from tools import convert, export, plot_metrics, predict, summary
+from tools import convert, export, plot_metrics, predict, summary, zoo
 
 
 @pytest.fixture(scope="module")
@@ -105,6 +105,12 @@ CASES = {
         "opset zero": (["--cfg", TINY_CFG, "--output", "{out}/m.onnx", "--opset", "0"], ("--opset",)),
         "truncated checkpoint": (["--cfg", TINY_CFG, "--output", "{out}/m.onnx", "--resume", "{cut}"],
                                  ("cut.pth",)),
+    },
+    zoo.main: {
+        "no name matches": (["--filter", "resnet"], ("resnet",)),
+        "unknown flag": (["--list"], ("--list",)),
+        "filter without a value": (["--filter"], ("--filter",)),
+        "a positional argument": (["swin_tiny"], ("unrecognized arguments",)),
     },
     make_map.main: {
         "missing folder": (["/no/split"], ("/no/split",)),
