@@ -428,8 +428,12 @@ def load_config(cfg_file: str, opts: Iterable[str] = ()) -> CN:
     return _finish(cfg, opts)
 
 
-def load_stored_config(text: str, source: str, opts: Iterable[str] = ()) -> CN:
-    """The config a checkpoint of this project carries, with `opts` on top; OUTPUT back to its root folder."""
+def load_stored_config(text: str, source: str, opts: Iterable[str] = (), for_finetuning: bool = False) -> CN:
+    """The config a checkpoint of this project carries, with `opts` on top; OUTPUT back to its root folder.
+
+    `for_finetuning` (--pretrained): a new run on new data, so the data source is the user's to give
+    (--data-path), and the run gets its own folder (tag `finetune`), never the one it starts from.
+    """
     loader = _StrictLoader(text)
     loader.name = source
     try:
@@ -449,6 +453,11 @@ def load_stored_config(text: str, source: str, opts: Iterable[str] = ()) -> CN:
     suffix = os.path.join(cfg.MODEL.NAME, cfg.TAG)
     if cfg.OUTPUT.endswith(os.sep + suffix):
         cfg.OUTPUT = cfg.OUTPUT[: -len(suffix) - 1]
+    if for_finetuning:
+        for key in ("DATASET", "DATA_PATH", "ZIP_MODE", "CACHE_MODE"):
+            cfg.DATA[key] = _C.DATA[key]
+        cfg.MODEL.NUM_CLASSES = _C.MODEL.NUM_CLASSES  # the new data's
+        cfg.TAG = "finetune"
     return _finish(cfg, opts)
 
 
@@ -484,8 +493,10 @@ def config_from_weights(spec: str, flag: str, opts: Iterable[str] = (), payload:
         if not entry.config:
             raise ConfigError(f"{flag} {spec}: the reference publishes no config for it; pass --cfg with one that "
                               f"builds a {entry.family} at {entry.resolution}px with {entry.num_classes} classes")
-        # The 22k configs leave the class count to the data, as the reference's do; the file has its own.
-        return load_config(os.path.join(_ROOT, entry.config), ["MODEL.NUM_CLASSES", str(entry.num_classes), *opts])
+        # The 22k configs leave the class count to the data, as the reference's do: weights used as they are
+        # (--resume, the tools) have the file's own; fine-tuning (--pretrained) takes the data's.
+        classes = [] if flag == "--pretrained" else ["MODEL.NUM_CLASSES", str(entry.num_classes)]
+        return load_config(os.path.join(_ROOT, entry.config), [*classes, *opts])
     if spec.startswith(("http://", "https://")):
         raise ConfigError(f"{flag} {spec} is a URL outside the model zoo; pass --cfg with the config it was "
                           "trained with")
@@ -493,7 +504,7 @@ def config_from_weights(spec: str, flag: str, opts: Iterable[str] = (), payload:
     if not isinstance(text, str) or not text.strip():
         raise ConfigError(f"{flag} {spec} carries no config (it was not written by this project); pass --cfg with "
                           "the config it was trained with")
-    return load_stored_config(text, spec, opts)
+    return load_stored_config(text, spec, opts, for_finetuning=flag == "--pretrained")
 
 
 def check_published_fits(cfg: CN, cfg_file: str, spec: str, flag: str, with_resolution: bool) -> None:

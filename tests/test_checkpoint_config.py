@@ -8,7 +8,7 @@ import shutil
 import pytest
 import torch
 from bad_inputs import call, image_tree
-from conftest import TINY_CFG, run_main
+from conftest import TINY_CFG, digest, run_main
 
 from tools import export, plot_metrics, predict, summary
 
@@ -124,3 +124,16 @@ def test_errors_reach_the_run_log(trained, tmp_path):
     assert result.returncode == 2
     log = open(tmp_path / "swin_tiny_test" / "default" / "log_rank0.txt").read()
     assert "error: data path" in log and str(tmp_path / "missing") in log
+
+
+def test_fine_tuning_from_a_run_of_ours_needs_no_cfg_and_leaves_that_run_alone(trained, tmp_path):
+    source_run = trained["root"] / "out" / "swin_tiny_test" / "default"
+    before = digest(str(source_run))
+    other = image_tree(str(tmp_path / "other"), classes=("x", "y"), per_class=8, val_per_class=2)
+    result = run_main("--pretrained", trained["ckpt"], "--data-path", other, "--output", str(trained["root"] / "out"),
+                      "--opts", "TRAIN.LAYER_DECAY", "0.8", "TRAIN.FREEZE_STAGES", "1")
+    assert result.returncode == 0, result.stderr[-2000:]
+    run = trained["root"] / "out" / "swin_tiny_test" / "finetune"
+    assert os.path.isfile(run / "best.pth") and digest(str(source_run)) == before
+    assert "the checkpoint has 4 classes and the model 2" in result.stdout
+    assert "frozen: patch embedding and stages 0-0" in result.stdout

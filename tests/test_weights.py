@@ -136,7 +136,7 @@ def test_zoo_table_is_the_reference_model_hub():
     for entry, row in zip(zoo.entries(), rows):
         if entry.config:
             assert os.path.basename(entry.config) == os.path.basename(row["reference_config"])
-            cfg = config_from_weights(entry.name, "--pretrained")
+            cfg = config_from_weights(entry.name, "--resume")
             assert (cfg.DATA.IMG_SIZE, cfg.MODEL.NUM_CLASSES) == (entry.resolution, entry.num_classes), entry.name
 
 
