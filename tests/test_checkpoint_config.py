@@ -61,11 +61,15 @@ def test_predict_export_and_summary_from_the_checkpoint_alone_equal_cfg_and_opts
     torch.testing.assert_close(first, second, rtol=0, atol=0)
 
 
-def test_export_lists_what_it_wrote(trained, tmp_path, capsys):
-    assert export.main(["--resume", trained["ckpt"], "--format", "torchscript", "--output", str(tmp_path / "m.pt")]) \
-        == 0
-    out = capsys.readouterr().out
-    assert f"wrote {tmp_path / 'm.pt'} (" in out and "MB)" in out
+@pytest.mark.parametrize("fmt", ["torchscript", "onnx"])
+def test_export_writes_one_file_and_lists_it(fmt, trained, tmp_path, capsys):
+    if fmt == "onnx":
+        pytest.importorskip("onnxscript", reason="the ONNX exporter needs onnxscript")
+    name = f"m.{fmt}"
+    assert export.main(["--resume", trained["ckpt"], "--format", fmt, "--output", str(tmp_path / name)]) == 0
+    wrote = [line for line in capsys.readouterr().out.splitlines() if line.startswith("wrote ")]
+    assert os.listdir(tmp_path) == [name] and wrote == [f"wrote {tmp_path / name} "
+                                                        f"({os.path.getsize(tmp_path / name) / 2**20:.1f} MB)"]
 
 
 def test_eval_reads_a_val_only_folder_a_class_tree_and_a_subset_of_classes(trained, tmp_path):

@@ -22,6 +22,9 @@ from cli import StrictParser, positive_int, run_command  # noqa: E402
 from tools.model_source import add_model_arguments, model_from_arguments  # noqa: E402
 from utils import require_folder_of  # noqa: E402
 
+# ONNX files are protobufs, limited to 2 GB: larger models keep their weights in an external-data file beside.
+_ONNX_ONE_FILE_BYTES = 1_800_000_000
+
 
 def export(model: torch.nn.Module, example: torch.Tensor, fmt: str, path: str, opset: int = 18) -> None:
     """Write `model` (in eval mode) traced on `example` to `path` as onnx, torchscript or export."""
@@ -29,8 +32,10 @@ def export(model: torch.nn.Module, example: torch.Tensor, fmt: str, path: str, o
     batch = torch.export.Dim("batch", min=1, max=1024)
     with torch.no_grad():
         if fmt == "onnx":
+            weight_bytes = sum(t.numel() * t.element_size() for t in model.state_dict().values())
             torch.onnx.export(model, (example,), path, opset_version=opset, dynamo=True, input_names=["images"],
-                              output_names=["logits"], dynamic_shapes={"x": {0: batch}}, verbose=False)
+                              output_names=["logits"], dynamic_shapes={"x": {0: batch}}, verbose=False,
+                              external_data=weight_bytes > _ONNX_ONE_FILE_BYTES)
         elif fmt == "torchscript":
             torch.jit.save(torch.jit.trace(model, example), path)
         else:
