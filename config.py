@@ -202,6 +202,9 @@ _C.TRAIN.FREEZE_STAGES = 0
 _C.TRAIN.LINEAR_PROBE = False
 
 _C.AUG = CN()
+# Training crop at 32px and below: pad (the reference's CIFAR crop: RandomCrop with padding 4) or
+# random_resized (timm's RandomResizedCrop, as at larger sizes).
+_C.AUG.SMALL_IMAGE_CROP = "pad"
 # Colour jitter strength; 0 disables it.
 _C.AUG.COLOR_JITTER = 0.4
 # timm auto-augment policy, e.g. rand-m9-mstd0.5-inc1; none disables it.

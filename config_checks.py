@@ -16,6 +16,7 @@ CHOICES = {
     "DATA.CACHE_MODE": ("no", "full", "part"),
     "DATA.DECODE_ERRORS": ("fail", "skip"),
     "MODEL.TYPE": ("swin", "swinv2", "swin_mlp"),
+    "AUG.SMALL_IMAGE_CROP": ("pad", "random_resized"),
     "MODEL.ATTN_IMPL": ("auto", "sdpa", "plain"),
     "TRAIN.LR_SCHEDULER.NAME": ("cosine", "linear", "step", "multistep"),
     "TRAIN.OPTIMIZER.NAME": ("adamw", "sgd"),

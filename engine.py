@@ -141,7 +141,9 @@ def _end_of_window(ctx: TrainContext, epoch: int, index: int, total: int) -> Opt
     else:
         ctx.totals["skipped_steps"] += 1
         _track_nonfinite(ctx, loss_finite, epoch, index)
-    ctx.scheduler.step_update((epoch * total + index) // ctx.accumulation_steps)
+    # The rate of the next update: update k runs at schedule(k), as in timm's train.py (the reference sets
+    # schedule(k - 1), one update late, so its warm-up reaches BASE_LR one update after the warm-up ends).
+    ctx.scheduler.step_update((epoch * total + index + 1) // ctx.accumulation_steps)
     if ctx.metrics is not None:  # every step's lr, for plots that show the warm-up
         ctx.metrics.scalars({"lr_step": max(g["lr"] for g in ctx.optimizer.param_groups)}, epoch * total + index + 1)
     ctx.meters["grad_norm"] = norm

@@ -273,8 +273,7 @@ class Training:
         self.run_index = point.run_index + 1
         total = len(self.data.loader_train)
         done = point.epoch * total + point.batches
-        if done:
-            ctx.scheduler.step_update((done - 1) // config.TRAIN.ACCUMULATION_STEPS)
+        ctx.scheduler.step_update(done // config.TRAIN.ACCUMULATION_STEPS)
         self.logger.info(f"resumed from {path}: epoch {point.epoch}, {point.batches} batches done")
         return point
 

@@ -48,9 +48,9 @@ class ResizeIfOtherSize:
 
 
 def build_transform(is_train: bool, config: CfgNode) -> Callable:
-    """Training: RandomResizedCrop, flip, RandAugment, colour jitter, random erasing (RandomCrop with
-    padding 4 at 32px and below). Evaluation: resize to 256/224 of the size and center crop, or
-    resize straight to the size when TEST.CROP is False."""
+    """Training: RandomResizedCrop, flip, RandAugment, colour jitter, random erasing (at 32px and below
+    RandomCrop with padding 4, unless AUG.SMALL_IMAGE_CROP is random_resized). Evaluation: resize to
+    256/224 of the size and center crop, or resize straight to the size when TEST.CROP is False."""
     img_size = config.DATA.IMG_SIZE
     resize_im = img_size > 32
     if is_train:
@@ -66,7 +66,7 @@ def build_transform(is_train: bool, config: CfgNode) -> Callable:
             interpolation=config.DATA.INTERPOLATION,
         )
         _fix_posterize(transform)
-        if not resize_im:
+        if not resize_im and aug.SMALL_IMAGE_CROP == "pad":
             # The reference's CIFAR crop; images of another size are first brought to the configured one.
             transform.transforms[0:1] = [ResizeIfOtherSize(img_size), transforms.RandomCrop(img_size, padding=4)]
         return transform

@@ -98,3 +98,19 @@ def test_a_frozen_fine_tune_changes_only_what_it_trains(how, tmp_path):
         assert moved == name.startswith(trained), name
         assert torch.equal(payload["model_ema"][name], start) or name.startswith(trained), name
     assert set(payload["optimizer_param_names"]) == {n for n, _ in source.named_parameters() if n.startswith(trained)}
+
+
+def test_every_update_runs_at_the_schedules_rate_for_its_index(tmp_path):
+    """Update k (from 0) trains at schedule(k): the warm-up reaches BASE_LR exactly when it ends, as in timm."""
+    from tools.plot_metrics import step_lrs
+
+    result = run_main("--cfg", TINY_CFG, "--output", str(tmp_path), "--opts", "TRAIN.LAYER_DECAY", "0.5")
+    assert result.returncode == 0, result.stderr[-2000:]
+    lrs = dict(step_lrs(str(tmp_path / "swin_tiny_test" / "default")))  # the rate of update k, set after update k-1
+    config = load_config(TINY_CFG)
+    per_epoch, scale = 1280 // config.DATA.BATCH_SIZE, config.DATA.BATCH_SIZE / 512
+    assert sorted(lrs) == list(range(1, 2 * per_epoch + 1))
+    for step in (1, 80, per_epoch - 1, per_epoch, per_epoch + 1, 2 * per_epoch - 1):
+        expected = cosine_lr(step, config.TRAIN.BASE_LR * scale, config.TRAIN.WARMUP_LR * scale,
+                             config.TRAIN.MIN_LR * scale, per_epoch, 2 * per_epoch)
+        assert lrs[step] == pytest.approx(expected, rel=1e-6), step  # the head's rate: layer decay leaves it be
