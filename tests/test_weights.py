@@ -6,13 +6,15 @@ import hashlib
 import http.server
 import logging
 import os
+import subprocess
+import sys
 import threading
 
 import pytest
 import timm
 import torch
 import torchvision
-from conftest import ROOT, SHARED, TINY_CFG, requires_shared, run_main
+from conftest import ROOT, SHARED, TINY_CFG, assert_torchrun_user_error, requires_shared, run_main
 
 import weights
 from checkpoint import load_pretrained
@@ -200,3 +202,23 @@ def test_converted_layouts_round_trip_into_the_tiny_model(tmp_path, caplog):
         target = build_model(load_config(TINY_CFG))
         load_pretrained(target, str(tmp_path / f"{name}.pth"), logging.getLogger("test"))
         torch.testing.assert_close(_logits(target, 32), _logits(source, 32), atol=0, rtol=0)
+
+
+def test_two_ranks_download_once_and_a_failed_download_is_one_line_from_rank_0(server, tiny_checkpoint, tmp_path):
+    _, body = tiny_checkpoint
+    server.routes[ZOO_PATH + "tiny.pth"] = (200, body, None)
+    home = str(tmp_path / "torch_home")
+
+    def torchrun(url: str) -> subprocess.CompletedProcess:
+        command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                   os.path.join(ROOT, "main.py"), "--cfg", TINY_CFG, "--eval", "--pretrained", url, "--output",
+                   str(tmp_path / "out")]
+        return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600,
+                              env={**os.environ, "OMP_NUM_THREADS": "1", "TORCH_HOME": home})
+
+    result = torchrun(server.url(ZOO_PATH + "tiny.pth"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert server.requests == [ZOO_PATH + "tiny.pth"] and cached_files(home) == ["tiny.pth"]
+    missing = torchrun(server.url(ZOO_PATH + "gone.pth"))
+    assert_torchrun_user_error(missing, "HTTP 404", os.path.join(home, "hub", "checkpoints", "gone.pth"))
+    assert cached_files(home) == ["tiny.pth"]
