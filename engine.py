@@ -279,10 +279,10 @@ def validate(model: nn.Module, loader: Iterable, rt: Runtime, tally: Optional[Cl
     return result
 
 
-def describe(stats: dict) -> str:
+def describe(stats: dict, digits: int = 2) -> str:
     """`top-1 X% top-5 Y% loss Z` for a validation result (top-5 only where it was measured)."""
-    top5 = f" top-5 {stats['top5']:.2f}%" if "top5" in stats else ""
-    return f"top-1 {stats['top1']:.2f}%{top5} loss {stats['loss']:.4f}"
+    top5 = f" top-5 {stats['top5']:.{digits}f}%" if "top5" in stats else ""
+    return f"top-1 {stats['top1']:.{digits}f}%{top5} loss {stats['loss']:.4f}"
 
 
 @torch.no_grad()

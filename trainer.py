@@ -172,7 +172,7 @@ def run_eval(config: CfgNode, rt: Runtime, logger: logging.Logger) -> dict:
     bare, loader, names, classes = rt.agreed(lambda: _eval_setup(config, rt, logger))
     tally = ClassTally(classes, rt.device)
     result = engine.validate(bare, loader, rt, tally, logger, config.PRINT_FREQ)
-    logger.info(f"eval on {int(result['count'])} images: {engine.describe(result)}")
+    logger.info(f"eval on {int(result['count'])} images: {engine.describe(result, digits=3)}")
     if rt.is_main:
         for path in tally.write(config.OUTPUT, "eval", names):
             logger.info(f"wrote {path}")
