@@ -185,3 +185,22 @@ def test_class_count_mismatch_is_an_error():
 def test_map_file_with_a_byte_order_mark_reads_its_first_line(tmp_path):
     (tmp_path / "map.txt").write_bytes("\ufeffa/1.jpg\t0\nb/2.jpg\t1\n".encode("utf-8"))
     assert read_map_file(str(tmp_path / "map.txt")) == [("a/1.jpg", 0), ("b/2.jpg", 1)]
+
+
+def test_small_image_crop_is_the_references_or_timms():
+    from PIL import Image
+    from timm.data.transforms import RandomResizedCropAndInterpolation
+    from torchvision import transforms
+
+    image = Image.new("RGB", (32, 32), (200, 30, 90))
+    pad = build_transform(True, cfg("AUG.AUTO_AUGMENT", "none"))
+    resized = build_transform(True, cfg("AUG.AUTO_AUGMENT", "none", "AUG.SMALL_IMAGE_CROP", "random_resized"))
+    crops = [t for t in pad.transforms if isinstance(t, transforms.RandomCrop)]
+    assert len(crops) == 1 and crops[0].padding == 4
+    assert not any(isinstance(t, RandomResizedCropAndInterpolation) for t in pad.transforms)
+    first = resized.transforms[0]
+    assert isinstance(first, RandomResizedCropAndInterpolation) and first.scale == (0.08, 1.0)
+    assert not any(isinstance(t, transforms.RandomCrop) for t in resized.transforms)
+    # A plain image stays plain under a resized crop; the padded crop brings in black borders now and then.
+    assert all(resized(image).std(dim=(1, 2)).max() < 1e-4 for _ in range(20))
+    assert any(pad(image).std(dim=(1, 2)).max() > 0.1 for _ in range(20))
