@@ -16,9 +16,10 @@ from yacs.config import CfgNode
 
 from cli import StrictParser, run_command
 from config import get_config
+from evaluate import run_eval, run_throughput
 from logger import create_logger
 from runtime import init_runtime, launcher_ranks, meet_before_exit, shutdown_runtime
-from trainer import Interrupted, run_eval, run_throughput, run_training
+from trainer import Interrupted, run_training
 from utils import UserError, announce_user_error, seed_everything, write_to_log_files
 from weights import with_local_weights
 

@@ -10,10 +10,8 @@ import signal
 import time
 from typing import Optional
 
-import torch
 from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 from torch import nn
-from torch.utils.data import DataLoader
 from yacs.config import CfgNode
 
 import engine
@@ -23,13 +21,12 @@ from checkpoint import (
     load_pretrained,
     load_weights,
     read_resume_point,
-    reference_state,
     restore_optimizer,
     restore_scaler,
     save_training_state,
     training_state,
 )
-from data import LoaderBundle, build_eval_loader, build_loader
+from data import LoaderBundle, build_loader
 from evaluation import ClassTally
 from logger import MetricsWriter
 from lr_scheduler import build_scheduler, scale_lrs
@@ -49,7 +46,7 @@ from run_folder import (
     write_config,
 )
 from runtime import Runtime, wrap_model
-from utils import DataError, UserError, find_resume_checkpoint, load_checkpoint_file, prune_checkpoints
+from utils import UserError, find_resume_checkpoint, prune_checkpoints
 
 
 class Interrupted(Exception):
@@ -100,7 +97,8 @@ def build_criterion(config: CfgNode, has_mixup: bool) -> nn.Module:
     return nn.CrossEntropyLoss()
 
 
-def _with_num_classes(config: CfgNode, num_classes: int) -> CfgNode:
+def with_num_classes(config: CfgNode, num_classes: int) -> CfgNode:
+    """`config` building a model with `num_classes` outputs (the data's or the checkpoint's class count)."""
     config = config.clone()
     config.defrost()
     config.MODEL.NUM_CLASSES = num_classes
@@ -108,7 +106,7 @@ def _with_num_classes(config: CfgNode, num_classes: int) -> CfgNode:
     return config
 
 
-def _new_model(config: CfgNode, rt: Runtime, logger: logging.Logger) -> nn.Module:
+def new_model(config: CfgNode, rt: Runtime, logger: logging.Logger) -> nn.Module:
     """The config's model on this process's device, with its summary logged."""
     model = build_model(config).to(rt.device)
     logger.info("model " + summarize(model, config.MODEL.NAME))
@@ -117,7 +115,7 @@ def _new_model(config: CfgNode, rt: Runtime, logger: logging.Logger) -> nn.Modul
 
 def _build_training_model(config: CfgNode, rt: Runtime, logger: logging.Logger) -> tuple[nn.Module, nn.Module]:
     """The model to train, with the parts fine-tuning leaves alone frozen, wrapped for this runtime."""
-    model = _new_model(config, rt, logger)
+    model = new_model(config, rt, logger)
     frozen = freeze(model, config.TRAIN.FREEZE_STAGES, config.TRAIN.LINEAR_PROBE)
     if frozen:
         total = sum(p.numel() for p in model.parameters())
@@ -125,58 +123,6 @@ def _build_training_model(config: CfgNode, rt: Runtime, logger: logging.Logger) 
             f"patch embedding and stages 0-{config.TRAIN.FREEZE_STAGES - 1}"
         logger.info(f"frozen: {what}, {frozen:,} of {total:,} parameters; training {total - frozen:,}")
     return wrap_model(model, rt, config.COMPILE)
-
-
-def run_throughput(config: CfgNode, rt: Runtime, logger: logging.Logger) -> dict:
-    """Inference images/s on one batch: from the validation set when a dataset is given, else synthetic."""
-    model = _new_model(config, rt, logger)
-    if config.DATA.DATA_PATH or config.DATA.DATASET in ("digits", "fake"):
-        images = next(iter(build_loader(config, rt, logger).loader_val))[0]
-    else:
-        images = torch.randn(config.DATA.BATCH_SIZE, 3, config.DATA.IMG_SIZE, config.DATA.IMG_SIZE)
-    result = engine.throughput(torch.compile(model) if config.COMPILE else model, images, rt)
-    logger.info(f"throughput: {rt.describe()}, torch {torch.__version__}, compile {config.COMPILE}, "
-                f"batch {int(result['batch_size'])}, {result['img_s']:.1f} img/s, "
-                f"{result['ms_per_batch']:.1f} ms/batch, peak memory {result['peak_memory_mb']:.0f} MB")
-    return result
-
-
-def _eval_setup(config: CfgNode, rt: Runtime, logger: logging.Logger
-                ) -> tuple[nn.Module, DataLoader, list[str], int]:
-    """The model with the weights to evaluate, and the validation data labelled as that model numbers its classes.
-
-    --resume weights are taken as they are, with the class count of their head; --pretrained ones
-    are adapted to the data's classes, as fine-tuning would start from them.
-    """
-    path = config.MODEL.RESUME or config.MODEL.PRETRAINED
-    if not path:
-        raise UserError("--eval needs weights: pass --resume CKPT or --pretrained CKPT")
-    if not config.MODEL.RESUME:
-        loader, classes, names = build_eval_loader(config, rt, None, logger)
-        bare = _new_model(_with_num_classes(config, classes), rt, logger)
-        load_pretrained(bare, path, logger)
-        return bare, loader, names, classes
-    payload = load_checkpoint_file(path)
-    state, _ = reference_state(payload, path, logger)
-    loader, data_classes, names = build_eval_loader(config, rt, payload.get("class_names"), logger)
-    classes = state["head.weight"].shape[0] if "head.weight" in state else data_classes
-    if data_classes > classes:
-        raise DataError(f"the data has {data_classes} classes and the head of {path} {classes}; evaluate it on the "
-                        "data it was trained for, or fine-tune it with --pretrained")
-    bare = _new_model(_with_num_classes(config, classes), rt, logger)  # no DDP wrapper, and no collective here
-    load_weights(bare, state, path, "pick the config it was trained with, or leave --cfg out to use its own")
-    return bare, loader, names, classes
-
-
-def run_eval(config: CfgNode, rt: Runtime, logger: logging.Logger) -> dict:
-    bare, loader, names, classes = rt.agreed(lambda: _eval_setup(config, rt, logger))
-    tally = ClassTally(classes, rt.device)
-    result = engine.validate(bare, loader, rt, tally, logger, config.PRINT_FREQ)
-    logger.info(f"eval on {int(result['count'])} images: {engine.describe(result, digits=3)}")
-    if rt.is_main:
-        for path in tally.write(config.OUTPUT, "eval", names):
-            logger.info(f"wrote {path}")
-    return result
 
 
 def _make_context(config: CfgNode, rt: Runtime, data: LoaderBundle, model: nn.Module, bare: nn.Module,
@@ -187,6 +133,10 @@ def _make_context(config: CfgNode, rt: Runtime, data: LoaderBundle, model: nn.Mo
                 f"{config.TRAIN.ACCUMULATION_STEPS} accumulation: base {lrs.base:.3e}, warm-up {lrs.warmup:.3e}, "
                 f"min {lrs.min:.3e}")
     optimizer = build_optimizer(config, bare, lrs.base, fused=rt.device.type == "cuda")
+    if config.TRAIN.LAYER_DECAY < 1:
+        scales = sorted({group["lr_scale"] for group in optimizer.param_groups})
+        logger.info(f"layer decay {config.TRAIN.LAYER_DECAY}: {len(scales)} layers trained at lr x{scales[0]:.3g} "
+                    f"(the first) to x{scales[-1]:g} (the head)")
     return engine.TrainContext(
         model=model, criterion=build_criterion(config, data.mixup_fn is not None), optimizer=optimizer,
         scheduler=build_scheduler(config, optimizer, steps_per_epoch, lrs), scaler=rt.make_scaler(), rt=rt,
@@ -221,7 +171,7 @@ class Training:
         if rt.is_distributed:
             self._check_shared_folder()
         self.data = rt.agreed(lambda: build_loader(config, rt, self.logger))
-        self.config = _with_num_classes(config, self.data.num_classes)
+        self.config = with_num_classes(config, self.data.num_classes)
         self.model, self.bare = _build_training_model(self.config, rt, self.logger)
         self.ctx = _make_context(self.config, rt, self.data, self.model, self.bare, self.logger)
         path = rt.broadcast_object(rt.agreed(self._choose_checkpoint))

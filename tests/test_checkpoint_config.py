@@ -141,3 +141,4 @@ def test_fine_tuning_from_a_run_of_ours_needs_no_cfg_and_leaves_that_run_alone(t
     assert os.path.isfile(run / "best.pth") and digest(str(source_run)) == before
     assert "the checkpoint has 4 classes and the model 2" in result.stdout
     assert "frozen: patch embedding and stages 0-0" in result.stdout
+    assert "layer decay 0.8: 3 layers trained at lr x0.64 (the first) to x1 (the head)" in result.stdout

@@ -1,0 +1,68 @@
+"""The jobs of main.py that train nothing: --eval (with per-class results) and --throughput."""
+
+import logging
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+from yacs.config import CfgNode
+
+import engine
+from checkpoint import load_pretrained, load_weights, reference_state
+from data import build_eval_loader, build_loader
+from evaluation import ClassTally
+from runtime import Runtime
+from trainer import new_model, with_num_classes
+from utils import DataError, UserError, load_checkpoint_file
+
+
+def run_throughput(config: CfgNode, rt: Runtime, logger: logging.Logger) -> dict:
+    """Inference images/s on one batch: from the validation set when a dataset is given, else synthetic."""
+    model = new_model(config, rt, logger)
+    if config.DATA.DATA_PATH or config.DATA.DATASET in ("digits", "fake"):
+        images = next(iter(build_loader(config, rt, logger).loader_val))[0]
+    else:
+        images = torch.randn(config.DATA.BATCH_SIZE, 3, config.DATA.IMG_SIZE, config.DATA.IMG_SIZE)
+    result = engine.throughput(torch.compile(model) if config.COMPILE else model, images, rt)
+    logger.info(f"throughput: {rt.describe()}, torch {torch.__version__}, compile {config.COMPILE}, "
+                f"batch {int(result['batch_size'])}, {result['img_s']:.1f} img/s, "
+                f"{result['ms_per_batch']:.1f} ms/batch, peak memory {result['peak_memory_mb']:.0f} MB")
+    return result
+
+
+def _eval_setup(config: CfgNode, rt: Runtime, logger: logging.Logger
+                ) -> tuple[nn.Module, DataLoader, list[str], int]:
+    """The model with the weights to evaluate, and the validation data labelled as that model numbers its classes.
+
+    --resume weights are taken as they are, with the class count of their head; --pretrained ones
+    are adapted to the data's classes, as fine-tuning would start from them.
+    """
+    path = config.MODEL.RESUME or config.MODEL.PRETRAINED
+    if not path:
+        raise UserError("--eval needs weights: pass --resume CKPT or --pretrained CKPT")
+    if not config.MODEL.RESUME:
+        loader, classes, names = build_eval_loader(config, rt, None, logger)
+        bare = new_model(with_num_classes(config, classes), rt, logger)
+        load_pretrained(bare, path, logger)
+        return bare, loader, names, classes
+    payload = load_checkpoint_file(path)
+    state, _ = reference_state(payload, path, logger)
+    loader, data_classes, names = build_eval_loader(config, rt, payload.get("class_names"), logger)
+    classes = state["head.weight"].shape[0] if "head.weight" in state else data_classes
+    if data_classes > classes:
+        raise DataError(f"the data has {data_classes} classes and the head of {path} {classes}; evaluate it on the "
+                        "data it was trained for, or fine-tune it with --pretrained")
+    bare = new_model(with_num_classes(config, classes), rt, logger)  # no DDP wrapper, and no collective here
+    load_weights(bare, state, path, "pick the config it was trained with, or leave --cfg out to use its own")
+    return bare, loader, names, classes
+
+
+def run_eval(config: CfgNode, rt: Runtime, logger: logging.Logger) -> dict:
+    bare, loader, names, classes = rt.agreed(lambda: _eval_setup(config, rt, logger))
+    tally = ClassTally(classes, rt.device)
+    result = engine.validate(bare, loader, rt, tally, logger, config.PRINT_FREQ)
+    logger.info(f"eval on {int(result['count'])} images: {engine.describe(result, digits=3)}")
+    if rt.is_main:
+        for path in tally.write(config.OUTPUT, "eval", names):
+            logger.info(f"wrote {path}")
+    return result
