@@ -160,6 +160,21 @@ def build_mixup(config: CfgNode, num_classes: int) -> Optional[Mixup]:
                  label_smoothing=config.MODEL.LABEL_SMOOTHING, num_classes=num_classes)
 
 
+def _worker_options(config: CfgNode, rt: Runtime, persistent: bool) -> dict:
+    """DataLoader worker settings: DATA.NUM_WORKERS workers that ignore stop signals, pinned memory on CUDA."""
+    return dict(num_workers=config.DATA.NUM_WORKERS, pin_memory=config.DATA.PIN_MEMORY and rt.device.type == "cuda",
+                persistent_workers=persistent and config.DATA.NUM_WORKERS > 0, worker_init_fn=ignore_stop_signals)
+
+
+def _val_loader(val: Dataset, config: CfgNode, rt: Runtime, logger: logging.Logger, persistent: bool) -> DataLoader:
+    """Validation batches in order, each image on exactly one rank; undecodable ones dropped with DECODE_ERRORS skip."""
+    skip = config.DATA.DECODE_ERRORS == "skip"
+    return DataLoader(SkipUndecodable(val, logger) if skip else val, batch_size=config.DATA.BATCH_SIZE,
+                      sampler=ExactShardSampler(len(val), rt.rank, rt.world_size), drop_last=False,
+                      collate_fn=collate_skipping_none if skip else default_collate,
+                      **_worker_options(config, rt, persistent))
+
+
 def build_eval_loader(config: CfgNode, rt: Runtime, class_names: Optional[list[str]] = None,
                       logger: Optional[logging.Logger] = None) -> tuple[DataLoader, int, list[str]]:
     """The validation loader alone, for --eval: DATA_PATH/val, or DATA_PATH itself when it is the class folders.
@@ -170,12 +185,7 @@ def build_eval_loader(config: CfgNode, rt: Runtime, class_names: Optional[list[s
     val = _build_val_dataset(config, root_of_val=True)
     if class_names and isinstance(val, ImageFolderDataset):
         val.label_by(class_names)
-    skip = config.DATA.DECODE_ERRORS == "skip"
-    loader = DataLoader(SkipUndecodable(val, logger or logging.getLogger(__name__)) if skip else val,
-                        batch_size=config.DATA.BATCH_SIZE, sampler=ExactShardSampler(len(val), rt.rank, rt.world_size),
-                        collate_fn=collate_skipping_none if skip else default_collate,
-                        num_workers=config.DATA.NUM_WORKERS, worker_init_fn=ignore_stop_signals,
-                        pin_memory=config.DATA.PIN_MEMORY and rt.device.type == "cuda")
+    loader = _val_loader(val, config, rt, logger or logging.getLogger(__name__), persistent=False)
     if config.DATA.NUM_WORKERS > 0:
         _end_workers_at_exit()
     return loader, len(val.classes), list(val.classes)
@@ -200,8 +210,7 @@ def build_loader(config: CfgNode, rt: Runtime, logger: Optional[logging.Logger] 
         raise DataError(f"TRAIN.ACCUMULATION_STEPS {config.TRAIN.ACCUMULATION_STEPS} is more than the {batches} "
                         "batches of an epoch per process; lower --accumulation-steps or --batch-size")
     skip = config.DATA.DECODE_ERRORS == "skip"
-    common = dict(num_workers=config.DATA.NUM_WORKERS, pin_memory=config.DATA.PIN_MEMORY and rt.device.type == "cuda",
-                  persistent_workers=config.DATA.NUM_WORKERS > 0, worker_init_fn=ignore_stop_signals)
+    common = _worker_options(config, rt, persistent=True)
     # Each sample's augmentation is seeded from (SEED, epoch, index): the same whatever the number of
     # workers or processes, so a resumed run draws what an uninterrupted one would have drawn. The loader's
     # own generator keeps its start-up from drawing on the global RNG that Mixup and drop path use.
@@ -209,9 +218,7 @@ def build_loader(config: CfgNode, rt: Runtime, logger: Optional[logging.Logger] 
     loader_train = DataLoader(samples, batch_size=config.DATA.BATCH_SIZE, sampler=sampler, drop_last=True,
                               collate_fn=collate_skipping_none if skip else default_collate,
                               generator=torch.Generator().manual_seed(config.SEED + rt.rank), **common)
-    loader_val = DataLoader(SkipUndecodable(val, logger) if skip else val, batch_size=config.DATA.BATCH_SIZE,
-                            sampler=ExactShardSampler(len(val), rt.rank, rt.world_size), drop_last=False,
-                            collate_fn=collate_skipping_none if skip else default_collate, **common)
+    loader_val = _val_loader(val, config, rt, logger, persistent=True)
     if config.DATA.NUM_WORKERS > 0:
         _end_workers_at_exit()
     return LoaderBundle(train, val, loader_train, loader_val, build_mixup(config, num_classes), num_classes,
