@@ -9,13 +9,33 @@ import torch
 from torch import nn
 from yacs.config import CfgNode
 
-from models.convert import detect_layout, from_timm, from_torchvision
+from models.convert import (
+    SIMMIM_ENCODER,
+    detect_layout,
+    from_simmim,
+    from_timm,
+    from_torchvision,
+    with_current_v2_names,
+)
 from models.pretrained import DERIVED_BUFFERS, adapt_state_dict
+from models.simmim import SimMIM
 from utils import CheckpointError, load_checkpoint_file, model_state_from, save_checkpoint
+
+
+def _check_kind(model: nn.Module, state: dict, path: str) -> None:
+    """A SimMIM pre-training state given to a classifier, or a classifier's to SimMIM, is named as such."""
+    is_simmim_state = any(k.startswith(SIMMIM_ENCODER) for k in state)
+    if is_simmim_state and not isinstance(model, SimMIM):
+        raise CheckpointError(f"checkpoint {path} is SimMIM pre-training (an encoder and a pixel decoder, no "
+                              f"classifier); fine-tune a classifier from it with --pretrained {path}")
+    if isinstance(model, SimMIM) and not is_simmim_state:
+        raise CheckpointError(f"checkpoint {path} holds a classifier, not SimMIM pre-training; to pre-train from "
+                              f"its weights pass --pretrained {path} instead")
 
 
 def _check_fits(model: nn.Module, state: dict, path: str, hint: str) -> None:
     """Raise a CheckpointError listing the first mismatched keys when `state` does not fit `model`."""
+    _check_kind(model, state, path)
     target = model.state_dict()
     wanted = [k for k in target if not k.endswith(DERIVED_BUFFERS)]
     given = [k for k in state if not k.endswith(DERIVED_BUFFERS)]
@@ -50,7 +70,9 @@ def reference_state(payload: dict, path: str, logger: Optional[logging.Logger]) 
     timm's and torchvision's Swin files (V1 and V2) are converted on load, with a log line; a file
     of another architecture comes back as it is, for the fit check to name what does not fit.
     """
-    state = model_state_from(payload, path)
+    state, renamed = with_current_v2_names(model_state_from(payload, path))
+    if renamed and logger is not None:
+        logger.info(f"{path}: {renamed} keys renamed from the early Swin V2 rpe_mlp to cpb_mlp")
     layout = detect_layout(state)
     if layout in _FROM_LAYOUT:
         state = _FROM_LAYOUT[layout](state)
@@ -60,13 +82,24 @@ def reference_state(payload: dict, path: str, logger: Optional[logging.Logger]) 
 
 
 def load_pretrained(model: nn.Module, path: str, logger: logging.Logger) -> None:
-    """Fine-tuning start: weights adapted to the model's window, size and classes; nothing else restored."""
-    state = adapt_state_dict(reference_state(load_checkpoint_file(path), path, logger)[0], model, logger)
-    target = model.state_dict()
-    head = {k for k in ("head.weight", "head.bias") if k in target and k not in state}
-    state.update({k: target[k] for k in head})
-    load_weights(model, state, path, "it is from another architecture; pick the config it was trained with")
-    logger.info(f"loaded pretrained weights from {path}")
+    """Fine-tuning start: weights adapted to the model's window, size and classes; nothing else restored.
+
+    A SimMIM pre-training file gives its encoder; a SimMIM model takes the weights into its encoder,
+    and its decoder and mask token start afresh.
+    """
+    state, layout = reference_state(load_checkpoint_file(path), path, logger)
+    if layout == "simmim":
+        state = from_simmim(state)
+        logger.info(f"{path} is SimMIM pre-training: took its encoder (the encoder. prefix stripped), left out its "
+                    "decoder and mask token")
+    receiver = model.encoder if isinstance(model, SimMIM) else model
+    state = adapt_state_dict(state, receiver, logger)
+    target = receiver.state_dict()
+    fresh = {k for k in ("head.weight", "head.bias", "mask_token") if k in target and k not in state}
+    state.update({k: target[k] for k in fresh})
+    load_weights(receiver, state, path, "it is from another architecture; pick the config it was trained with")
+    started = f"; {', '.join(sorted(fresh))} start from scratch" if fresh else ""
+    logger.info(f"loaded pretrained weights from {path}{started}")
 
 
 def optimizer_param_names(model: nn.Module, optimizer: torch.optim.Optimizer) -> list[str]:

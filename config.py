@@ -43,9 +43,9 @@ _C.DATA.CACHE_MODE = "part"
 _C.DATA.PIN_MEMORY = True
 # Loader worker processes per rank.
 _C.DATA.NUM_WORKERS = 8
-# SimMIM mask patch size (kept for compatibility with the reference configs).
+# SimMIM pre-training: side of the square patches masked together, in pixels (a multiple of the model's patch).
 _C.DATA.MASK_PATCH_SIZE = 32
-# SimMIM mask ratio (kept for compatibility with the reference configs).
+# SimMIM pre-training: fraction of mask patches masked in each image (rounded up).
 _C.DATA.MASK_RATIO = 0.6
 # What to do with a training image that fails to decode: fail (name it and stop) or skip (count it).
 _C.DATA.DECODE_ERRORS = "fail"
@@ -117,6 +117,16 @@ _C.MODEL.SWINV2.APE = False
 _C.MODEL.SWINV2.PATCH_NORM = True
 # Window sizes the pretrained weights used, per stage (0: same as now).
 _C.MODEL.SWINV2.PRETRAINED_WINDOW_SIZES = [0, 0, 0, 0]
+
+# SimMIM masked-image pre-training (labels unused); configs/simmim/simmim_pretrain__*.yaml turn it on.
+_C.MODEL.SIMMIM = CN()
+# Pre-train the encoder by reconstructing masked pixels instead of training a classifier.
+_C.MODEL.SIMMIM.PRETRAIN = False
+_C.MODEL.SIMMIM.NORM_TARGET = CN()
+# Reconstruct pixels normalised by the mean and spread of their neighbourhood, not raw pixels.
+_C.MODEL.SIMMIM.NORM_TARGET.ENABLE = False
+# Side of that neighbourhood, in pixels (odd).
+_C.MODEL.SIMMIM.NORM_TARGET.PATCH_SIZE = 47
 
 _C.MODEL.SWIN_MLP = CN()
 # Patch size of the patch embedding, in pixels.
@@ -456,6 +466,10 @@ def load_stored_config(text: str, source: str, opts: Iterable[str] = (), for_fin
     suffix = os.path.join(cfg.MODEL.NAME, cfg.TAG)
     if cfg.OUTPUT.endswith(os.sep + suffix):
         cfg.OUTPUT = cfg.OUTPUT[: -len(suffix) - 1]
+    if for_finetuning and cfg.MODEL.SIMMIM.PRETRAIN:
+        raise ConfigError(f"{source} is SimMIM pre-training, and its config pre-trains; pass --cfg with a fine-tuning "
+                          "config that builds the same encoder (configs/simmim/simmim_finetune__*.yaml for the "
+                          "reference's)")
     if for_finetuning:
         for key in ("DATASET", "DATA_PATH", "ZIP_MODE", "CACHE_MODE"):
             cfg.DATA[key] = _C.DATA[key]

@@ -65,7 +65,7 @@ _ARCHITECTURE = {"PATCH_SIZE": COUNT, "IN_CHANS": COUNT, "EMBED_DIM": COUNT, "DE
                  "WINDOW_SIZE": COUNT, "MLP_RATIO": POSITIVE}
 RANGES = {
     "DATA.BATCH_SIZE": COUNT, "DATA.IMG_SIZE": COUNT, "DATA.NUM_WORKERS": NON_NEGATIVE_INT,
-    "DATA.MASK_PATCH_SIZE": COUNT, "DATA.MASK_RATIO": PROBABILITY,
+    "DATA.MASK_PATCH_SIZE": COUNT, "DATA.MASK_RATIO": PROBABILITY, "MODEL.SIMMIM.NORM_TARGET.PATCH_SIZE": COUNT,
     "MODEL.NUM_CLASSES": NON_NEGATIVE_INT, "MODEL.DROP_RATE": FRACTION_BELOW_ONE,
     "MODEL.DROP_PATH_RATE": FRACTION_BELOW_ONE, "MODEL.LABEL_SMOOTHING": FRACTION_BELOW_ONE,
     **{f"MODEL.{family}.{key}": rule for family in ("SWIN", "SWINV2", "SWIN_MLP")
@@ -128,6 +128,7 @@ def validate_config(cfg: CN) -> None:
         raise ConfigError(f"config key AUG.CUTMIX_MINMAX is {list(cfg.AUG.CUTMIX_MINMAX)}; give [min, max] with "
                           "min < max")
     _validate_architecture(cfg)
+    _validate_simmim(cfg)
 
 
 def _stage_sizes(img_size: int, patch_size: int, num_stages: int) -> list[int]:
@@ -189,3 +190,36 @@ def _validate_architecture(cfg: CN) -> None:
         if channels % heads:
             raise ConfigError(f"{prefix}.NUM_HEADS[{stage}] = {heads} does not divide the {channels} channels of "
                               f"stage {stage}; pick a divisor")
+
+
+# Settings of a classifier run and their neutral values, which SimMIM pre-training (no head, no labels) keeps.
+_CLASSIFIER_ONLY = (("TRAIN.LAYER_DECAY", 1.0), ("TRAIN.FREEZE_STAGES", 0), ("TRAIN.LINEAR_PROBE", False))
+
+
+def _validate_simmim(cfg: CN) -> None:
+    """SimMIM pre-training needs mask patches that tile the image and hold whole model patches, an odd
+    normalisation window, a Swin or Swin V2 encoder, and none of the settings only a classifier has."""
+    target = cfg.MODEL.SIMMIM.NORM_TARGET
+    if target.ENABLE and (target.PATCH_SIZE % 2 == 0 or target.PATCH_SIZE < 3):
+        raise ConfigError(f"MODEL.SIMMIM.NORM_TARGET.PATCH_SIZE is {target.PATCH_SIZE}; the normalisation window "
+                          "needs a centre pixel and neighbours: use an odd size of 3 or more (the reference uses 47)")
+    if not cfg.MODEL.SIMMIM.PRETRAIN:
+        return
+    if cfg.MODEL.TYPE == "swin_mlp":
+        raise ConfigError("MODEL.SIMMIM.PRETRAIN needs a swin or swinv2 encoder, and MODEL.TYPE is swin_mlp; "
+                          "pre-train a swin or swinv2 model")
+    group = architecture_group(cfg)
+    mask, size, patch = cfg.DATA.MASK_PATCH_SIZE, cfg.DATA.IMG_SIZE, cfg.MODEL[group].PATCH_SIZE
+    if size % mask:
+        raise ConfigError(f"DATA.MASK_PATCH_SIZE {mask} does not tile DATA.IMG_SIZE {size}; use a divisor of {size}")
+    if mask % patch:
+        raise ConfigError(f"DATA.MASK_PATCH_SIZE {mask} is not a multiple of MODEL.{group}.PATCH_SIZE {patch}; "
+                          f"use a multiple of {patch}")
+    if cfg.EVAL_MODE or cfg.THROUGHPUT_MODE:
+        raise ConfigError("--eval and --throughput measure a classifier, and this config pre-trains with SimMIM "
+                          "(MODEL.SIMMIM.PRETRAIN True); fine-tune it first (--pretrained CKPT with a classification "
+                          "--cfg) and evaluate that")
+    for key, neutral in _CLASSIFIER_ONLY:
+        if value_at(cfg, key) != neutral:
+            raise ConfigError(f"{key} is for fine-tuning a classifier, and this config pre-trains with SimMIM "
+                              f"(MODEL.SIMMIM.PRETRAIN True); leave it at {neutral}")

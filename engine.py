@@ -49,7 +49,7 @@ class TrainContext:
     """Everything a training epoch uses besides the data."""
 
     model: nn.Module
-    criterion: nn.Module
+    criterion: Optional[nn.Module]  # None: the model returns its own loss (SimMIM, given images and masks)
     optimizer: torch.optim.Optimizer
     scheduler: Scheduler
     scaler: torch.amp.GradScaler
@@ -156,6 +156,7 @@ def _train_batch(ctx: TrainContext, batch: tuple, index: int, epoch: int, total:
 
     Returns the loss, the batch size and whether this batch closed a window.
     """
+    # targets: class labels, or SimMIM's masks
     images, targets = batch[0].to(ctx.rt.device, non_blocking=True), batch[1].to(ctx.rt.device, non_blocking=True)
     if ctx.mixup_fn is not None:
         if len(images) % 2:  # mixup pairs images; a batch that lost an undecodable image drops one more
@@ -164,7 +165,7 @@ def _train_batch(ctx: TrainContext, batch: tuple, index: int, epoch: int, total:
     is_step = (index + 1) % ctx.accumulation_steps == 0
     sync = is_step or not hasattr(ctx.model, "no_sync")
     with (contextlib.nullcontext() if sync else ctx.model.no_sync()), ctx.rt.autocast():
-        loss = ctx.criterion(ctx.model(images), targets)
+        loss = ctx.model(images, targets) if ctx.criterion is None else ctx.criterion(ctx.model(images), targets)
     ctx.scaler.scale(loss / ctx.accumulation_steps).backward()
     value = loss.item()
     ctx.window_nonfinite += not math.isfinite(value)

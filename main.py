@@ -40,6 +40,7 @@ TIMM_FLAGS = {
     "--grad-accum-steps": "--accumulation-steps", "--experiment": "--tag", "--amp": "--amp-dtype (AMP is on by "
     "default; --disable_amp turns it off)", "--model-ema": "--opts TRAIN.EMA_DECAY 0.9998",
     "--freeze": "--opts TRAIN.FREEZE_STAGES N or TRAIN.LINEAR_PROBE True",
+    "--enable-amp": "nothing (AMP is on by default; --disable_amp turns it off)",
 }
 _HELP_KEYS = """most used config keys (set with --opts KEY VALUE; all of them are in config.py):
   TRAIN.EPOCHS  TRAIN.BASE_LR  TRAIN.WARMUP_EPOCHS  TRAIN.MIN_LR  TRAIN.WEIGHT_DECAY  TRAIN.CLIP_GRAD
@@ -65,7 +66,7 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     parser.add_argument("--resume", help="checkpoint to resume from: a file, a model zoo name or a URL")
     parser.add_argument("--accumulation-steps", type=int, help="micro-batches per optimizer step")
     parser.add_argument("--use-checkpoint", action="store_true", help="gradient checkpointing to save memory")
-    parser.add_argument("--disable_amp", action="store_true", help="run in fp32")
+    parser.add_argument("--disable_amp", "--disable-amp", action="store_true", help="run in fp32")
     parser.add_argument("--output", metavar="PATH", help="output root (default: output)")
     parser.add_argument("--tag", help="run tag")
     parser.add_argument("--eval", action="store_true", help="only evaluate")

@@ -89,7 +89,10 @@ class StopFlag:
             os.kill(os.getpid(), signum)
 
 
-def build_criterion(config: CfgNode, has_mixup: bool) -> nn.Module:
+def build_criterion(config: CfgNode, has_mixup: bool) -> Optional[nn.Module]:
+    """The classification loss; None in SimMIM pre-training, whose model returns its reconstruction loss."""
+    if config.MODEL.SIMMIM.PRETRAIN:
+        return None
     if has_mixup:
         return SoftTargetCrossEntropy()
     if config.MODEL.LABEL_SMOOTHING > 0:
@@ -322,13 +325,16 @@ class Training:
         return result
 
     def _outcome(self) -> str:
-        """Best epoch, its top-1, where best.pth is, and the time of every run of this training together."""
-        best = max(reversed(self.history), key=lambda r: r["val_top1"])  # the last of equals, as best.pth is
+        """Best epoch, its top-1, where best.pth is (pre-training: the last loss), and the time of every run of
+        this training together."""
         seconds = sum(r.get("train_s", 0.0) + r.get("val_s", 0.0) for r in self.history)
+        took = f"{len(self.history)} epochs took {seconds / 60:.1f} min of training and validation over all runs"
+        if "val_top1" not in self.history[-1]:
+            return f"last epoch's reconstruction loss {self.history[-1]['train_loss']:.4f}; {took}"
+        best = max(reversed(self.history), key=lambda r: r["val_top1"])  # the last of equals, as best.pth is
         path = os.path.join(self.config.OUTPUT, "best.pth")
         where = f"weights {path}" if os.path.exists(path) else "best.pth not written (SAVE_FREQ skipped that epoch)"
-        return (f"best val top-1 {best['val_top1']:.2f}% at epoch {best['epoch']}, {where}; {len(self.history)} "
-                f"epochs took {seconds / 60:.1f} min of training and validation over all runs")
+        return f"best val top-1 {best['val_top1']:.2f}% at epoch {best['epoch']}, {where}; {took}"
 
     def _epoch(self, epoch: int, start_batch: int, totals: Optional[dict]) -> dict:
         sampler = self.data.loader_train.sampler
@@ -337,22 +343,14 @@ class Training:
         train_stats = engine.train_one_epoch(self.ctx, self.data.loader_train, epoch, start_batch, totals)
         due = epoch % self.config.SAVE_FREQ == 0 or epoch == self.config.TRAIN.EPOCHS - 1
         # Saved before validation, so an unreadable validation image does not cost the epoch's training.
-        before_validation = self.save(epoch, len(self.data.loader_train)) if due else ""
-        # The bare model: DDP's forward may talk to the other ranks, and a rank can have no validation images.
-        val_started, last = time.time(), epoch == self.config.TRAIN.EPOCHS - 1
-        tally = ClassTally(self.config.MODEL.NUM_CLASSES, self.rt.device) if last else None
-        val_stats = engine.validate(self.bare, self.data.loader_val, self.rt, tally, self.logger,
-                                    self.config.PRINT_FREQ)
-        is_best = val_stats["top1"] >= self.max_accuracy
-        self.max_accuracy = max(self.max_accuracy, val_stats["top1"])
-        self.logger.info(f"epoch {epoch}: val {engine.describe(val_stats)} (best top-1 {self.max_accuracy:.2f}%)")
-        if tally is not None and self.rt.is_main:
-            for path in tally.write(self.config.OUTPUT, "val", self.data.class_names):
-                self.logger.info(f"wrote {path}")
-        if self.ctx.ema is not None:
-            ema_stats = engine.validate(self.ctx.ema.module, self.data.loader_val, self.rt)
-            self.logger.info(f"epoch {epoch}: EMA val top-1 {ema_stats['top1']:.2f}% loss {ema_stats['loss']:.4f}")
-            val_stats.update(ema_top1=ema_stats["top1"], ema_loss=ema_stats["loss"])
+        validates = self.data.loader_val is not None
+        before_validation = self.save(epoch, len(self.data.loader_train)) if due and validates else ""
+        val_started = time.time()
+        val_stats = self._validate(epoch) if validates else {}
+        if not val_stats:
+            self.logger.info(f"epoch {epoch}: reconstruction loss {train_stats['train_loss']:.4f}")
+        is_best = bool(val_stats) and val_stats["top1"] >= self.max_accuracy
+        self.max_accuracy = max(self.max_accuracy, val_stats.get("top1", 0.0))
         record = {"epoch": epoch, **train_stats, **{f"val_{k}": v for k, v in val_stats.items()},
                   "max_accuracy": self.max_accuracy, "val_s": time.time() - val_started, "run": self.run_index}
         self.history.append(record)
@@ -361,6 +359,24 @@ class Training:
             if before_validation and os.path.exists(before_validation):
                 os.remove(before_validation)
         return record
+
+    def _validate(self, epoch: int) -> dict:
+        """Validation figures of the epoch (with per-class files after the last, and the EMA's), logged."""
+        # The bare model: DDP's forward may talk to the other ranks, and a rank can have no validation images.
+        last = epoch == self.config.TRAIN.EPOCHS - 1
+        tally = ClassTally(self.config.MODEL.NUM_CLASSES, self.rt.device) if last else None
+        val_stats = engine.validate(self.bare, self.data.loader_val, self.rt, tally, self.logger,
+                                    self.config.PRINT_FREQ)
+        best = max(self.max_accuracy, val_stats["top1"])
+        self.logger.info(f"epoch {epoch}: val {engine.describe(val_stats)} (best top-1 {best:.2f}%)")
+        if tally is not None and self.rt.is_main:
+            for path in tally.write(self.config.OUTPUT, "val", self.data.class_names):
+                self.logger.info(f"wrote {path}")
+        if self.ctx.ema is not None:
+            ema_stats = engine.validate(self.ctx.ema.module, self.data.loader_val, self.rt)
+            self.logger.info(f"epoch {epoch}: EMA val top-1 {ema_stats['top1']:.2f}% loss {ema_stats['loss']:.4f}")
+            val_stats.update(ema_top1=ema_stats["top1"], ema_loss=ema_stats["loss"])
+        return val_stats
 
 
 def run_training(config: CfgNode, rt: Runtime, logger: logging.Logger) -> dict:

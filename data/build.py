@@ -14,9 +14,11 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from torch.utils.data.dataloader import default_collate
 from yacs.config import CfgNode
 
-from data.datasets import DigitsDataset, FakeDataset, ImageFolderDataset, ZipMapDataset
+from config_checks import architecture_group
+from data.datasets import DigitsDataset, FakeDataset, ImageFilesDataset, ImageFolderDataset, ZipMapDataset
 from data.samplers import ExactShardSampler, ResumableSampler, ShardRandomSampler
 from data.seeding import SeededSamples
+from data.simmim import MaskedImages, MaskGenerator, build_simmim_transform
 from data.transforms import build_transform
 from runtime import Runtime
 from utils import DataError
@@ -32,9 +34,9 @@ class LoaderBundle:
     """What training and evaluation need from the data side."""
 
     dataset_train: Dataset
-    dataset_val: Dataset
+    dataset_val: Optional[Dataset]  # None in SimMIM pre-training
     loader_train: DataLoader
-    loader_val: DataLoader
+    loader_val: Optional[DataLoader]
     mixup_fn: Optional[Callable]
     num_classes: int
     class_names: list[str]
@@ -191,17 +193,12 @@ def build_eval_loader(config: CfgNode, rt: Runtime, class_names: Optional[list[s
     return loader, len(val.classes), list(val.classes)
 
 
-def build_loader(config: CfgNode, rt: Runtime, logger: Optional[logging.Logger] = None) -> LoaderBundle:
-    """Datasets of DATA.DATASET, sharded over the ranks of `rt`: random batches for training, each
-    validation image on exactly one rank."""
-    logger = logger or logging.getLogger(__name__)
-    train, val = _build_datasets(config, rt)
-    num_classes = _check_classes(config, train, val)
+def _train_loader(train: Dataset, config: CfgNode, rt: Runtime, logger: logging.Logger) -> DataLoader:
+    """Random training batches of `train`, sharded over the ranks, resumable mid-epoch."""
     if config.DATA.ZIP_MODE and config.DATA.CACHE_MODE == "part":
         sampler = ShardRandomSampler(len(train), rt.rank, rt.world_size, config.SEED)
     else:
         sampler = DistributedSampler(train, rt.world_size, rt.rank, shuffle=True, seed=config.SEED)
-    sampler = ResumableSampler(sampler)
     batches = len(train) // rt.world_size // config.DATA.BATCH_SIZE
     if batches < 1:
         raise DataError(f"the training set has {len(train)} images, fewer than one batch of "
@@ -210,16 +207,56 @@ def build_loader(config: CfgNode, rt: Runtime, logger: Optional[logging.Logger] 
         raise DataError(f"TRAIN.ACCUMULATION_STEPS {config.TRAIN.ACCUMULATION_STEPS} is more than the {batches} "
                         "batches of an epoch per process; lower --accumulation-steps or --batch-size")
     skip = config.DATA.DECODE_ERRORS == "skip"
-    common = _worker_options(config, rt, persistent=True)
     # Each sample's augmentation is seeded from (SEED, epoch, index): the same whatever the number of
     # workers or processes, so a resumed run draws what an uninterrupted one would have drawn. The loader's
     # own generator keeps its start-up from drawing on the global RNG that Mixup and drop path use.
     samples = SeededSamples(SkipUndecodable(train, logger) if skip else train, config.SEED)
-    loader_train = DataLoader(samples, batch_size=config.DATA.BATCH_SIZE, sampler=sampler, drop_last=True,
-                              collate_fn=collate_skipping_none if skip else default_collate,
-                              generator=torch.Generator().manual_seed(config.SEED + rt.rank), **common)
-    loader_val = _val_loader(val, config, rt, logger, persistent=True)
+    loader = DataLoader(samples, batch_size=config.DATA.BATCH_SIZE, sampler=ResumableSampler(sampler), drop_last=True,
+                        collate_fn=collate_skipping_none if skip else default_collate,
+                        generator=torch.Generator().manual_seed(config.SEED + rt.rank),
+                        **_worker_options(config, rt, persistent=True))
     if config.DATA.NUM_WORKERS > 0:
         _end_workers_at_exit()
+    return loader
+
+
+def _pretraining_images(config: CfgNode, rt: Runtime) -> Dataset:
+    """The images of SimMIM pre-training in its view: DATA_PATH/train (or DATA_PATH itself when it has no train/,
+    as the reference is given <imagenet>/train), with or without class folders; train.zip with --zip."""
+    kind, view = config.DATA.DATASET, build_simmim_transform(config.DATA.IMG_SIZE)
+    if kind == "digits":
+        return DigitsDataset(True, view)
+    if kind == "fake":
+        return FakeDataset(_FAKE_TRAIN_SIZE, config.DATA.IMG_SIZE, 1)
+    root = _check_data_path(config)
+    if config.DATA.ZIP_MODE:
+        return ZipMapDataset(os.path.join(root, "train.zip"), os.path.join(root, "train_map.txt"), view,
+                             config.DATA.CACHE_MODE, rt.rank, rt.world_size)
+    folder = os.path.join(root, "train")
+    return ImageFilesDataset(folder if os.path.isdir(folder) else root, view)
+
+
+def build_pretraining_loader(config: CfgNode, rt: Runtime, logger: logging.Logger) -> LoaderBundle:
+    """SimMIM pre-training batches of (images, masks), labels unused; there is no validation set."""
+    group = config.MODEL[architecture_group(config)]
+    masks = MaskGenerator(config.DATA.IMG_SIZE, config.DATA.MASK_PATCH_SIZE, group.PATCH_SIZE,
+                          config.DATA.MASK_RATIO)
+    images = MaskedImages(_pretraining_images(config, rt), masks)
+    logger.info(f"SimMIM pre-training on {len(images):,} images: {masks.mask_count} of {masks.cells ** 2} mask "
+                f"patches ({config.DATA.MASK_PATCH_SIZE}px) hidden per image")
+    return LoaderBundle(images, None, _train_loader(images, config, rt, logger), None, None,
+                        config.MODEL.NUM_CLASSES, [])
+
+
+def build_loader(config: CfgNode, rt: Runtime, logger: Optional[logging.Logger] = None) -> LoaderBundle:
+    """Datasets of DATA.DATASET, sharded over the ranks of `rt`: random batches for training, each
+    validation image on exactly one rank (SimMIM pre-training: masked images, no validation)."""
+    logger = logger or logging.getLogger(__name__)
+    if config.MODEL.SIMMIM.PRETRAIN:
+        return build_pretraining_loader(config, rt, logger)
+    train, val = _build_datasets(config, rt)
+    num_classes = _check_classes(config, train, val)
+    loader_train = _train_loader(train, config, rt, logger)
+    loader_val = _val_loader(val, config, rt, logger, persistent=True)
     return LoaderBundle(train, val, loader_train, loader_val, build_mixup(config, num_classes), num_classes,
                         list(train.classes))

@@ -89,6 +89,29 @@ class ImageFolderDataset(Dataset):
         return (self.transform(image) if self.transform else image), label
 
 
+class ImageFilesDataset(Dataset):
+    """Every image below `root`, in class folders or not, for training without labels (each gets label 0)."""
+
+    def __init__(self, root: str, transform: Transform = None) -> None:
+        if not os.path.isdir(root):
+            raise DataError(f"image folder {root} does not exist; point --data-path at a folder of images")
+        self.root = root
+        self.transform = transform
+        self.files = image_files(root)
+        if not self.files:
+            raise DataError(f"image folder {root} holds no images (.jpg, .png, ...); point --data-path at the "
+                            "folder that holds them")
+        self.classes = ["images"]
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, index: int) -> tuple:
+        path = self.files[index]
+        image = decode_image(path, path)
+        return (self.transform(image) if self.transform else image), 0
+
+
 def read_map_file(path: str) -> list[tuple[str, int]]:
     """Lines `<path in zip>\\t<label>` of a reference map file (UTF-8, with or without a byte-order mark)."""
     if not os.path.isfile(path):

@@ -3,6 +3,7 @@
 from torch import nn
 from yacs.config import CfgNode
 
+from models.simmim import SimMIM
 from models.swin_mlp import SwinMLP
 from models.swin_transformer import SwinTransformer
 from models.swin_transformer_v2 import SwinTransformerV2
@@ -16,7 +17,15 @@ _FAMILIES = {
 
 
 def build_model(config: CfgNode) -> nn.Module:
-    """The model named by MODEL.TYPE, sized by its MODEL.<FAMILY> group and DATA.IMG_SIZE."""
+    """The model named by MODEL.TYPE, sized by its MODEL.<FAMILY> group and DATA.IMG_SIZE; with
+    MODEL.SIMMIM.PRETRAIN, that model without its head as the encoder of SimMIM pre-training."""
+    if config.MODEL.SIMMIM.PRETRAIN:
+        target = config.MODEL.SIMMIM.NORM_TARGET
+        return SimMIM(_build_family_model(config, num_classes=0), target.PATCH_SIZE if target.ENABLE else 0)
+    return _build_family_model(config, config.MODEL.NUM_CLASSES)
+
+
+def _build_family_model(config: CfgNode, num_classes: int) -> nn.Module:
     if config.MODEL.TYPE not in _FAMILIES:
         raise ConfigError(f"MODEL.TYPE {config.MODEL.TYPE} is not known; use swin, swinv2 or swin_mlp")
     group, model_class = _FAMILIES[config.MODEL.TYPE]
@@ -25,7 +34,7 @@ def build_model(config: CfgNode) -> nn.Module:
         img_size=config.DATA.IMG_SIZE,
         patch_size=arch.PATCH_SIZE,
         in_chans=arch.IN_CHANS,
-        num_classes=config.MODEL.NUM_CLASSES,
+        num_classes=num_classes,
         embed_dim=arch.EMBED_DIM,
         depths=tuple(arch.DEPTHS),
         num_heads=tuple(arch.NUM_HEADS),

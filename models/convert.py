@@ -13,6 +13,7 @@ import torch
 from models.pretrained import DERIVED_BUFFERS
 
 StateDict = dict[str, torch.Tensor]
+SIMMIM_ENCODER = "encoder."  # the prefix of the encoder's names in a SimMIM pre-training state
 
 
 def _without_derived(state: StateDict) -> StateDict:
@@ -30,11 +31,14 @@ def _move_mergings_and_head(state: StateDict, stage_offset: int, head_from: str,
 
 
 def detect_layout(state: StateDict) -> str:
-    """`reference`, `timm` or `torchvision` from a Swin state dict's names; `unknown` when they do not tell.
+    """`reference`, `timm`, `torchvision` or `simmim` from a Swin state dict's names; `unknown` when they do not tell.
 
     The reference merges at the end of a stage (there is a `layers.0.downsample`), timm at the start
-    of the next (there is none), and only timm names its classifier `head.fc`.
+    of the next (there is none), and only timm names its classifier `head.fc`. SimMIM pre-training
+    keeps the whole network under `encoder.`, beside its `decoder.`.
     """
+    if any(k.startswith(SIMMIM_ENCODER) for k in state):
+        return "simmim"
     if any(k.startswith("features.") for k in state):
         return "torchvision"
     merges = {int(m.group(1)) for k in state if (m := re.match(r"layers\.(\d+)\.downsample\.", k))}
@@ -43,6 +47,20 @@ def detect_layout(state: StateDict) -> str:
     if "head.weight" in state or 0 in merges:
         return "reference"
     return "unknown"
+
+
+def from_simmim(state: StateDict) -> StateDict:
+    """A SimMIM pre-training state's encoder under the classifier's names: the `encoder.` prefix stripped, and
+    the decoder and mask token, which only pre-training uses, left out."""
+    return {k[len(SIMMIM_ENCODER):]: v for k, v in state.items()
+            if k.startswith(SIMMIM_ENCODER) and k != SIMMIM_ENCODER + "mask_token"}
+
+
+def with_current_v2_names(state: StateDict) -> tuple[StateDict, int]:
+    """Early Swin V2 files (the reference's SimMIM releases) call the continuous position bias MLP `rpe_mlp`; the
+    model names it `cpb_mlp`. Returns the renamed state and how many keys changed."""
+    renamed = {k.replace(".rpe_mlp.", ".cpb_mlp."): v for k, v in state.items()}
+    return renamed, sum(".rpe_mlp." in k for k in state)
 
 
 def to_timm(state: StateDict) -> StateDict:

@@ -174,15 +174,21 @@ class SwinClassifier(nn.Module):
             pos = pos.permute(0, 2, 3, 1)  # 1, H, W, C
         return x + pos
 
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """Images B, 3, H, W to pooled features B, num_features."""
-        x = self.patch_embed(x)  # B, H/p, W/p, C
+    def forward_feature_map(self, x: torch.Tensor) -> torch.Tensor:
+        """Embedded patches B, H/p, W/p, C through the stages to the normed map B, H/s, W/s, num_features.
+
+        Separate from the patch embedding so SimMIM can put its mask token in between.
+        """
         if self.ape:
             x = self._add_position_embedding(x)
         x = self.pos_drop(x)
         for layer in self.layers:
             x = layer(x)
-        return self.norm(x).mean(dim=(1, 2))  # B, num_features
+        return self.norm(x)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Images B, 3, H, W to pooled features B, num_features."""
+        return self.forward_feature_map(self.patch_embed(x)).mean(dim=(1, 2))  # B, num_features
 
     def forward_head(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(x)

@@ -2,9 +2,16 @@
 
 from torch import nn
 
+from models.simmim import SimMIM
+
 
 def summarize(model: nn.Module, name: str) -> str:
-    """Parameters, multiply-accumulates (as the reference counts them) and per-stage tokens, channels, heads."""
+    """Parameters, multiply-accumulates (as the reference counts them) and per-stage tokens, channels, heads;
+    for SimMIM pre-training, its decoder and then its encoder."""
+    if isinstance(model, SimMIM):
+        decoder = sum(p.numel() for p in model.decoder.parameters())
+        return (f"SimMIM pre-training: a pixel decoder ({decoder:,} parameters, stride {model.encoder_stride}) on "
+                f"the encoder {summarize(model.encoder, name)}")
     params = sum(p.numel() for p in model.parameters())
     H, W = model.patch_embed.img_size
     lines = [f"{name}: {params:,} parameters, {model.flops() / 1e9:.2f} GMACs at {H}x{W}",

@@ -17,10 +17,13 @@ from bad_inputs import assert_one_error_line, call, corrupt_member_crc, image_tr
 from conftest import ROOT, TINY_CFG, assert_torchrun_user_error, assert_user_error, digest, run_main
 
 import main as main_module
+from config import load_config
 from config_checks import CHOICES, RANGES, Range
+from models import build_model
 
 DIGITS = ("DATA.DATASET", "digits", "TRAIN.EPOCHS", "2", "PRINT_FREQ", "1000")
 FOLDERS = ("DATA.DATASET", "'imagenet'", "DATA.BATCH_SIZE", "4", "MODEL.NUM_CLASSES", "2")
+PRETRAIN = ("MODEL.SIMMIM.PRETRAIN", "True", "DATA.MASK_PATCH_SIZE", "8")
 
 
 def run_dir(output) -> str:
@@ -79,6 +82,9 @@ def files(tmp_path_factory, finished):
     torch.save({"model": torch.load(checkpoint, weights_only=True)["model"]}, paths["bare"])
     paths["no_model"] = str(root / "no_model.pth")
     torch.save({"epoch": 3, "notes": "no weights"}, paths["no_model"])
+    pretraining = load_config(TINY_CFG, ["MODEL.SIMMIM.PRETRAIN", "True", "DATA.MASK_PATCH_SIZE", "8"])
+    paths["simmim"] = str(root / "simmim.pth")
+    torch.save({"model": build_model(pretraining).state_dict(), "config": pretraining.dump()}, paths["simmim"])
     paths["folder"] = str(root)
     paths["long"] = str(root / ("x" * 300))
     return paths
@@ -143,6 +149,19 @@ VALUE_CASES.update({
     "accumulation longer than an epoch": (t(opts=("TRAIN.ACCUMULATION_STEPS", "500")),
                                           ("TRAIN.ACCUMULATION_STEPS 500", "batches")),
     "more classes than the data": (t(opts=("MODEL.NUM_CLASSES", "7")), ("MODEL.NUM_CLASSES is 7",)),
+    "SimMIM mask patches that do not tile": (t(opts=(*PRETRAIN, "DATA.MASK_PATCH_SIZE", "12")),
+                                             ("DATA.MASK_PATCH_SIZE 12 does not tile DATA.IMG_SIZE 32",)),
+    "SimMIM mask patch of part of a model patch": (t(opts=(*PRETRAIN, "DATA.MASK_PATCH_SIZE", "2")),
+                                                   ("not a multiple of MODEL.SWIN.PATCH_SIZE 4",)),
+    "SimMIM normalisation window even": (t(opts=(*PRETRAIN, "MODEL.SIMMIM.NORM_TARGET.ENABLE", "True",
+                                                 "MODEL.SIMMIM.NORM_TARGET.PATCH_SIZE", "8")), ("odd size",)),
+    "SimMIM of a swin_mlp": (t(opts=(*PRETRAIN, "MODEL.TYPE", "swin_mlp", "MODEL.SWIN_MLP.DEPTHS", "[2, 2]",
+                                     "MODEL.SWIN_MLP.NUM_HEADS", "[2, 4]", "MODEL.SWIN_MLP.WINDOW_SIZE", "4")),
+                             ("swin or swinv2 encoder",)),
+    "SimMIM with layer decay": (t(opts=(*PRETRAIN, "TRAIN.LAYER_DECAY", "0.9")),
+                                ("TRAIN.LAYER_DECAY is for fine-tuning", "leave it at 1.0")),
+    "SimMIM with a linear probe": (t(opts=(*PRETRAIN, "TRAIN.LINEAR_PROBE", "True")), ("TRAIN.LINEAR_PROBE",)),
+    "SimMIM config evaluated": (t("--eval", "--resume", "{simmim}", opts=PRETRAIN), ("measure a classifier",)),
 })
 
 COMMAND_LINE_CASES = {
@@ -195,6 +214,16 @@ CHECKPOINT_CASES = {
     "pretrained text": (t("--tag", "fresh", "--pretrained", "{notes}"), ("notes.txt cannot be read",)),
     "pretrained NaN": (t("--tag", "fresh", "--pretrained", "{nan_ckpt}"), ("non-finite values",)),
     "eval from a truncated file": (t("--eval", "--resume", "{cut}"), ("cut.pth cannot be read",)),
+    "SimMIM pre-training resumed as a classifier": (t("--resume", "{simmim}"),
+                                                    ("simmim.pth is SimMIM pre-training", "--pretrained")),
+    "SimMIM pre-training evaluated as a classifier": (t("--eval", "--resume", "{simmim}"),
+                                                      ("is SimMIM pre-training", "--pretrained")),
+    "a classifier resumed as SimMIM pre-training": (t("--resume", "{checkpoint_as_cfg}", opts=PRETRAIN),
+                                                    ("holds a classifier", "--pretrained")),
+    "SimMIM pre-training fine-tuned without --cfg": ((("--pretrained", "{simmim}"), ()),
+                                                     ("its config pre-trains", "--cfg")),
+    "SimMIM pre-training evaluated without --cfg": ((("--eval", "--resume", "{simmim}"), ()),
+                                                    ("measure a classifier",)),
 }
 
 
@@ -208,6 +237,9 @@ def _data_files(root) -> dict:
     sets["empty_class"] = image_tree(str(root / "empty_class"))
     os.makedirs(os.path.join(sets["empty_class"], "train", "c"))
     sets["bomb"] = image_tree(str(root / "bomb"))
+    (root / "no_images" / "sub").mkdir(parents=True)
+    (root / "no_images" / "sub" / "readme.txt").write_text("no images here")
+    sets["no_images"] = str(root / "no_images")
     (root / "file_not_folder").write_text("x")
     sets["file_not_folder"] = str(root / "file_not_folder")
     for name in ("not_zip", "cut_zip", "negative", "val_out_of_range", "latin1_map", "bad_line", "missing_member"):
@@ -237,6 +269,10 @@ DATA_CASES = {
     "map not UTF-8": (("{latin1_map}", ("DATA.ZIP_MODE", "True")), ("train_map.txt is not UTF-8",)),
     "map line without a tab": (("{bad_line}", ("DATA.ZIP_MODE", "True")), ("train_map.txt line 1",)),
     "map names a missing member": (("{missing_member}", ("DATA.ZIP_MODE", "True")), ("a/99.png",)),
+    "pre-training on a folder without images": (("{no_images}", PRETRAIN), ("no_images holds no images",)),
+    "pre-training on a broken zip": (("{cut_zip}", (*PRETRAIN, "DATA.ZIP_MODE", "True")),
+                                     ("train.zip cannot be opened",)),
+    "pre-training on a missing folder": (("/no/such/images", PRETRAIN), ("/no/such/images", "does not exist")),
 }
 
 

@@ -9,7 +9,7 @@ from bad_inputs import assert_one_error_line, call, image_tree, png_bytes
 from conftest import TINY_CFG, digest
 
 from data import make_map
-from tools import convert, export, plot_metrics, predict, summary, zoo
+from tools import convert, export, plot_metrics, predict, reconstruct, summary, zoo
 
 
 @pytest.fixture(scope="module")
@@ -38,6 +38,14 @@ def files(tmp_path_factory):
     (root / "train_only").mkdir()
     (root / "train_only" / "metrics.jsonl").write_text('{"epoch": 0, "train_loss": 1.0}\n')
     paths["train_only"] = str(root / "train_only")
+    (root / "val_gap").mkdir()
+    (root / "val_gap" / "metrics.jsonl").write_text(record + '{"epoch": 1, "train_loss": 1.0, "lr": 0.001}\n')
+    paths["val_gap"] = str(root / "val_gap")
+    pretraining = load_config(TINY_CFG, ["MODEL.SIMMIM.PRETRAIN", "True", "DATA.MASK_PATCH_SIZE", "8"])
+    paths["simmim"] = str(root / "simmim.pth")
+    torch.save({"model": build_model(pretraining).state_dict(), "config": pretraining.dump()}, paths["simmim"])
+    paths["classifier"] = str(root / "classifier.pth")
+    torch.save({"model": model.state_dict(), "config": load_config(TINY_CFG).dump()}, paths["classifier"])
     (root / "file.txt").write_text("x")
     (root / "bad.yaml").write_text("TRAIN:\n  EPOCS: 3\n")
     return paths
@@ -68,6 +76,26 @@ CASES = {
         "odd opts": (["{images}", "--random-weights", "--cfg", TINY_CFG, "--opts", "DATA.IMG_SIZE"],
                      ("DATA.IMG_SIZE has no value",)),
         "no inputs": (["--cfg", TINY_CFG], ("inputs",)),
+        "SimMIM pre-training": (["{images}", "--resume", "{simmim}"], ("simmim.pth is SimMIM pre-training",
+                                                                        "tools.reconstruct")),
+        "SimMIM pre-training with a classifier's --cfg": (["{images}", "--cfg", TINY_CFG, "--resume", "{simmim}"],
+                                                          ("is SimMIM pre-training", "--pretrained")),
+    },
+    reconstruct.main: {
+        "a classifier": (["{images}", "--resume", "{classifier}", "--output", "{out}/r.png"],
+                         ("classifier.pth is a classifier", "MODEL.SIMMIM.PRETRAIN")),
+        "output not a PNG": (["{images}", "--resume", "{simmim}", "--output", "{out}/r.jpg"], ("r.jpg", ".png")),
+        "output in a missing folder": (["{images}", "--resume", "{simmim}", "--output", "/no/such/r.png"],
+                                       ("/no/such",)),
+        "no image matches": (["{root}/none*.jpg", "--resume", "{simmim}", "--output", "{out}/r.png"],
+                             ("none*.jpg",)),
+        "undecodable image": (["{bad_image}", "--resume", "{simmim}", "--output", "{out}/r.png"],
+                              ("bad.png cannot be decoded",)),
+        "truncated checkpoint": (["{images}", "--resume", "{cut}", "--output", "{out}/r.png"],
+                                 ("cut.pth cannot be read",)),
+        "no output": (["{images}", "--resume", "{simmim}"], ("--output",)),
+        "count zero": (["{images}", "--resume", "{simmim}", "--output", "{out}/r.png", "--count", "0"],
+                       ("--count",)),
     },
     summary.main: {
         "missing config": (["--cfg", "/no/cfg.yaml"], ("/no/cfg.yaml",)),
@@ -86,7 +114,8 @@ CASES = {
         "output in a missing folder": (["{run}", "--output", "/no/such/dir/c.png"], ("/no/such/dir",)),
         "unknown flag": (["{run}", "--dpi", "3"], ("--dpi",)),
         "two runs": (["{run}", "{run}"], ("unrecognized arguments",)),
-        "record without a figure": (["{train_only}"], ("has no val_loss",)),
+        "record without a figure": (["{train_only}"], ("has no lr",)),
+        "a validation figure missing in one epoch": (["{val_gap}"], ("epoch 1 has no val_loss",)),
     },
     convert.main: {
         "missing input": (["--to", "timm", "/no/in.pth", "{out}/out.pth"], ("/no/in.pth",)),

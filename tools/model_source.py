@@ -40,13 +40,25 @@ def config_from_arguments(args: argparse.Namespace, weights_path: str = "", payl
     return config_from_weights(weights_path, "--resume", opts, payload)
 
 
-def model_from_arguments(args: argparse.Namespace) -> tuple[nn.Module, CfgNode, dict]:
-    """The model in eval mode with the weights of --resume (random without), its config and the checkpoint."""
+def _check_model_kind(config: CfgNode, args: argparse.Namespace, simmim: bool) -> None:
+    what = args.resume or args.cfg
+    if config.MODEL.SIMMIM.PRETRAIN and not simmim:
+        raise ConfigError(f"{what} is SimMIM pre-training: it reconstructs pixels and has no classifier; fine-tune "
+                          "it (main.py --pretrained), or look at its reconstructions with python -m tools.reconstruct")
+    if simmim and not config.MODEL.SIMMIM.PRETRAIN:
+        raise ConfigError(f"{what} is a classifier; this tool needs SimMIM pre-training (a checkpoint of a run with "
+                          "MODEL.SIMMIM.PRETRAIN True, or --cfg with one of configs/simmim/simmim_pretrain__*.yaml)")
+
+
+def model_from_arguments(args: argparse.Namespace, simmim: bool = False) -> tuple[nn.Module, CfgNode, dict]:
+    """The model in eval mode with the weights of --resume (random without), its config and the checkpoint;
+    a classifier, or with `simmim` a SimMIM pre-training model."""
     path = local_weights(args.resume) if args.resume else ""
     payload = load_checkpoint_file(path) if path else {}
     state = reference_state(payload, path, None)[0] if path else None
     head = state["head.weight"].shape[0] if state is not None and "head.weight" in state else None
     config = config_from_arguments(args, path, payload, head)
+    _check_model_kind(config, args, simmim)
     torch.manual_seed(config.SEED)
     model = build_model(config)
     if state is not None:

@@ -19,8 +19,15 @@ sys.path.insert(0, ROOT)
 from cli import StrictParser, run_command  # noqa: E402
 from utils import UserError, require_folder_of  # noqa: E402
 
-# The figures each epoch record must hold to be drawn (top-5 is drawn where it was measured: over 5 classes).
+# The figures each epoch record must hold to be drawn (top-5 is drawn where it was measured: over 5 classes);
+# SimMIM pre-training has no validation.
 _PLOTTED = ("train_loss", "val_loss", "val_top1", "lr")
+_PLOTTED_PRETRAINING = ("train_loss", "lr")
+
+
+def is_pretraining(records: list[dict]) -> bool:
+    """A run without validation figures in any epoch: SimMIM pre-training."""
+    return not any("val_top1" in r or "val_loss" in r for r in records)
 
 
 def read_metrics(run_dir: str) -> list[dict]:
@@ -40,8 +47,9 @@ def read_metrics(run_dir: str) -> list[dict]:
                         "metrics.jsonl that training wrote") from None
     if not by_epoch:
         raise UserError(f"{path} holds no epochs yet; plot it after the first epoch has ended")
+    wanted = _PLOTTED_PRETRAINING if is_pretraining(list(by_epoch.values())) else _PLOTTED
     for record in by_epoch.values():
-        missing = [key for key in _PLOTTED if key not in record]
+        missing = [key for key in wanted if key not in record]
         if missing:
             raise UserError(f"{path} epoch {record['epoch']} has no {missing[0]}; pass the metrics.jsonl that "
                             "training wrote")
@@ -78,33 +86,41 @@ def _draw_lr(ax: object, records: list[dict], steps: list[tuple[int, float]]) ->
         ax.set(title="learning rate at epoch end", xlabel="epoch")
 
 
+def _draw_accuracy(ax: object, records: list[dict]) -> None:
+    epochs = [r["epoch"] for r in records]
+    ax.plot(epochs, [r["val_top1"] for r in records], "o-", label="top-1")
+    if all("val_top5" in r for r in records):
+        ax.plot(epochs, [r["val_top5"] for r in records], "s-", label="top-5")
+    best = max(reversed(records), key=lambda r: r["val_top1"])
+    ax.plot([best["epoch"]], [best["val_top1"]], "*", markersize=16, color="gold", markeredgecolor="black",
+            label=f"best {best['val_top1']:.2f}% (epoch {best['epoch']})")
+    ax.set(title="validation accuracy (%)", xlabel="epoch", ylim=(0, 100))
+    ax.legend()
+
+
 def plot(records: list[dict], output: str, title: str, steps: list[tuple[int, float]] = ()) -> None:
+    """Loss, validation accuracy and learning rate; a pre-training run's reconstruction loss and learning rate."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
 
-    epochs = [r["epoch"] for r in records]
-    fig, (ax_loss, ax_acc, ax_lr) = plt.subplots(1, 3, figsize=(14, 4))
-    ax_loss.plot(epochs, [r["train_loss"] for r in records], "o-", label="train")
-    ax_loss.plot(epochs, [r["val_loss"] for r in records], "s-", label="val")
-    ax_loss.set(title="loss", xlabel="epoch")
-    ax_acc.plot(epochs, [r["val_top1"] for r in records], "o-", label="top-1")
-    if all("val_top5" in r for r in records):
-        ax_acc.plot(epochs, [r["val_top5"] for r in records], "s-", label="top-5")
-    best = max(reversed(records), key=lambda r: r["val_top1"])
-    ax_acc.plot([best["epoch"]], [best["val_top1"]], "*", markersize=16, color="gold", markeredgecolor="black",
-                label=f"best {best['val_top1']:.2f}% (epoch {best['epoch']})")
-    ax_acc.set(title="validation accuracy (%)", xlabel="epoch", ylim=(0, 100))
+    epochs, pretraining = [r["epoch"] for r in records], is_pretraining(records)
+    fig, axes = plt.subplots(1, 2 if pretraining else 3, figsize=(10 if pretraining else 14, 4))
+    ax_loss, ax_lr = axes[0], axes[-1]
+    ax_loss.plot(epochs, [r["train_loss"] for r in records], "o-", label="masked pixels" if pretraining else "train")
+    if not pretraining:
+        ax_loss.plot(epochs, [r["val_loss"] for r in records], "s-", label="val")
+        _draw_accuracy(axes[1], records)
+    ax_loss.set(title="reconstruction loss (L1)" if pretraining else "loss", xlabel="epoch")
     _draw_lr(ax_lr, records, list(steps))
-    for ax in (ax_loss, ax_acc, ax_lr):
+    for ax in axes:
         for i, epoch in enumerate(resumed_epochs(records)):
             ax.axvline(epoch, color="grey", linestyle=":", label="resumed" if i == 0 and ax is not ax_lr else None)
         ax.grid(alpha=0.3)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax_loss.legend()
-    ax_acc.legend()
     fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(output, dpi=100)
@@ -127,9 +143,13 @@ def _plot(args: argparse.Namespace) -> int:
     output = args.output or os.path.join(run_dir, "curves.png")
     steps = step_lrs(run_dir)
     plot(records, output, os.path.normpath(run_dir), steps)
-    best = max(reversed(records), key=lambda r: r["val_top1"])
-    print(f"wrote {output} ({len(records)} epochs; best val top-1 {best['val_top1']:.2f}% at epoch {best['epoch']}; "
-          f"{len(resumed_epochs(records))} resumes; lr {'per step' if steps else 'per epoch'})")
+    if is_pretraining(records):
+        outcome = f"last reconstruction loss {records[-1]['train_loss']:.4f}"
+    else:
+        best = max(reversed(records), key=lambda r: r["val_top1"])
+        outcome = f"best val top-1 {best['val_top1']:.2f}% at epoch {best['epoch']}"
+    print(f"wrote {output} ({len(records)} epochs; {outcome}; {len(resumed_epochs(records))} resumes; "
+          f"lr {'per step' if steps else 'per epoch'})")
     return 0
 
 

@@ -1,0 +1,343 @@
+"""SimMIM pre-training: masks, loss, target, decoder, mask token and weight decay against hand computations;
+reference-layout and our own pre-training checkpoints fine-tuned into V1 and V2 classifiers; whole runs
+(folders without classes, zips, loader workers, two ranks, SIGTERM and resume); the reconstruction picture."""
+
+import logging
+import math
+import os
+import re
+import signal
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from bad_inputs import png_bytes, zip_tree
+from conftest import ROOT, TINY_CFG, run_main
+from PIL import Image
+from test_resume import command, interrupt_after, metrics_lines, ok, run, run_dir, torchrun
+from yacs.config import CfgNode
+
+from checkpoint import load_pretrained
+from config import load_config
+from data.simmim import MaskGenerator
+from models import build_model
+from models.pretrained import resize_bias_table
+from models.simmim import SimMIM, masked_l1, normalized_target
+from optimizer import build_optimizer
+from tools import plot_metrics, reconstruct, summary
+
+SIMMIM = ("MODEL.SIMMIM.PRETRAIN", "True", "DATA.MASK_PATCH_SIZE", "8")
+V2 = ("MODEL.TYPE", "swinv2", "MODEL.SWINV2.EMBED_DIM", "16", "MODEL.SWINV2.DEPTHS", "[2, 2]",
+      "MODEL.SWINV2.NUM_HEADS", "[2, 4]", "MODEL.SWINV2.WINDOW_SIZE", "4")
+# A pre-training run on the built-in digits: 179 steps of 8 images per epoch.
+DIGITS_PRETRAIN = ("DATA.DATASET", "digits", "TRAIN.EPOCHS", "2", "PRINT_FREQ", "1", *SIMMIM)
+
+
+def tiny(*opts: str) -> CfgNode:
+    return load_config(TINY_CFG, list(opts))
+
+
+def masks_for(batch: int, seed: int = 0) -> torch.Tensor:
+    torch.manual_seed(seed)
+    generator = MaskGenerator(32, 8, 4, 0.6)
+    return torch.stack([generator() for _ in range(batch)])  # B, 8, 8
+
+
+@pytest.mark.parametrize("size, mask_patch, model_patch, ratio", [(192, 32, 4, 0.6), (32, 8, 4, 0.6),
+                                                                  (32, 4, 2, 0.75), (224, 32, 4, 0.5)])
+def test_masks_hide_the_ratio_of_mask_patches_as_whole_squares(size, mask_patch, model_patch, ratio):
+    torch.manual_seed(0)
+    generator = MaskGenerator(size, mask_patch, model_patch, ratio)
+    cells, scale = size // mask_patch, mask_patch // model_patch
+    hidden = math.ceil(cells * cells * ratio)  # the reference's int(np.ceil(count * ratio)): 22 of 36 at 192/32
+    draws = torch.stack([generator() for _ in range(1000)])
+    assert draws.shape == (1000, size // model_patch, size // model_patch) and draws.dtype == torch.bool
+    blocks = draws.view(1000, cells, scale, cells, scale)
+    assert (blocks == blocks[:, :, :1, :, :1]).all()  # constant inside each mask patch
+    per_cell = blocks[:, :, 0, :, 0]
+    assert (per_cell.flatten(1).sum(1) == hidden).all()
+    assert len({mask.numpy().tobytes() for mask in per_cell[:50]}) >= 45  # a fresh layout each draw
+    frequency = per_cell.float().mean(0)  # every cell hidden about as often as any other
+    assert (frequency - hidden / cells**2).abs().max() < 0.08
+
+
+def test_loss_is_the_mean_absolute_error_over_masked_pixels_by_hand():
+    prediction = torch.arange(2 * 3 * 4 * 4, dtype=torch.float32).view(2, 3, 4, 4) / 7
+    target = torch.linspace(-1, 1, 2 * 3 * 4 * 4).view(2, 3, 4, 4)
+    mask = torch.zeros(2, 1, 4, 4)
+    hidden = [(0, 0, 1), (1, 3, 2), (1, 2, 2)]
+    for b, h, w in hidden:
+        mask[b, 0, h, w] = 1
+    by_hand = sum(abs(float(prediction[b, c, h, w] - target[b, c, h, w])) for b, h, w in hidden for c in range(3))
+    by_hand /= 3 * len(hidden)
+    assert float(masked_l1(prediction, target, mask)) == pytest.approx(by_hand, rel=1e-5)
+    visible_changed = prediction + 5.0 * (1 - mask)
+    assert float(masked_l1(visible_changed, target, mask)) == pytest.approx(by_hand, rel=1e-5)
+
+
+def test_normalised_target_is_the_neighbourhood_standardised_pixel_by_hand():
+    torch.manual_seed(0)
+    images = torch.randn(1, 2, 5, 5)
+    target = normalized_target(images, 3)
+    for c, h, w in ((0, 0, 0), (1, 2, 2), (0, 4, 1)):
+        around = images[0, c, max(h - 1, 0) : h + 2, max(w - 1, 0) : w + 2].flatten().double()
+        expected = (images[0, c, h, w] - around.mean()) / math.sqrt(float(around.var(unbiased=True)) + 1e-6)
+        assert float(target[0, c, h, w]) == pytest.approx(float(expected), rel=1e-4, abs=1e-5)
+
+
+@pytest.mark.parametrize("family", [(), V2], ids=["v1", "v2"])
+def test_the_mask_token_replaces_only_masked_patches_and_the_decoder_gives_pixels(family):
+    torch.manual_seed(0)
+    model = build_model(tiny(*SIMMIM, *family)).eval()
+    assert isinstance(model, SimMIM) and model.encoder_stride == 8
+    images, masks = torch.randn(2, 3, 32, 32), masks_for(2)
+    seen = {}
+    feature_map = model.encoder.forward_feature_map
+    model.encoder.forward_feature_map = lambda tokens: (seen.update(tokens=tokens), feature_map(tokens))[1]
+    pixels = model.reconstruct(images, masks)
+    assert pixels.shape == (2, 3, 32, 32)
+    embedded, tokens = model.encoder.patch_embed(images), seen["tokens"]  # B, 8, 8, C
+    assert torch.equal(tokens[~masks], embedded[~masks])
+    token = model.encoder.mask_token.reshape(1, -1)
+    assert torch.equal(tokens[masks], token.expand(int(masks.sum()), -1))
+
+
+@pytest.mark.parametrize("family", [(), V2], ids=["v1", "v2"])
+def test_forward_returns_the_l1_over_masked_pixels_and_training_lowers_it(family):
+    torch.manual_seed(0)
+    model = build_model(tiny(*SIMMIM, *family))
+    # Smooth images, whose hidden patches can be told from the visible ones around them.
+    images = F.interpolate(torch.randn(4, 3, 4, 4), size=32, mode="bilinear", align_corners=False)
+    masks = masks_for(4)
+    model.eval()
+    with torch.no_grad():
+        pixels = model.reconstruct(images, masks)
+        covered = F.interpolate(masks[:, None].float(), scale_factor=4, mode="nearest").bool()  # B, 1, 32, 32
+        by_hand = (pixels - images).abs().permute(0, 2, 3, 1)[covered[:, 0]].mean()
+        assert float(model(images, masks)) == pytest.approx(float(by_hand), rel=1e-5)
+        first = float(model(images, masks))
+    model.train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    for _ in range(40):
+        optimizer.zero_grad()
+        loss = model(images, masks)
+        loss.backward()
+        assert model.encoder.mask_token.grad.abs().sum() > 0
+        optimizer.step()
+    assert loss.item() < 0.75 * first
+
+
+@pytest.mark.parametrize("family", [(), V2], ids=["v1", "v2"])
+def test_no_weight_decay_on_the_mask_token_position_tables_and_norms(family):
+    config = tiny(*SIMMIM, *family)
+    model = build_model(config)
+    optimizer = build_optimizer(config, model, 1e-3, fused=False)
+    names = {id(p): n for n, p in model.named_parameters()}
+    decayed = {names[id(p)] for g in optimizer.param_groups if g["weight_decay"] > 0 for p in g["params"]}
+    exempt = {names[id(p)] for g in optimizer.param_groups if g["weight_decay"] == 0 for p in g["params"]}
+    assert "encoder.mask_token" in exempt and "decoder.0.weight" in decayed
+    assert "encoder.layers.0.blocks.0.attn.qkv.weight" in decayed
+    tables = [n for n in names.values() if re.search(r"relative_position_bias_table|cpb_mlp|logit_scale", n)]
+    assert tables and set(tables) <= exempt
+    assert decayed | exempt == set(names.values())
+
+
+def _reference_simmim_file(path: str, family: tuple) -> dict:
+    """A pre-training checkpoint written as the reference writes one: `encoder.`/`decoder.` names with the
+    derived buffers (index tables, shift masks, V2 coordinate tables), V2's early `rpe_mlp` name, the optimizer
+    and schedule, and a pickled yacs config."""
+    torch.manual_seed(1)
+    source = build_model(tiny(*SIMMIM, *family))
+    state = dict(source.state_dict())
+    for name, module in source.named_modules():
+        if name.endswith(".attn"):
+            block = name[: -len(".attn")]
+            state[f"{block}.attn_mask"] = torch.zeros(4, 16, 16)
+            if "relative_coords_table" not in dict(module.named_buffers()):
+                continue
+            state[f"{name}.relative_coords_table"] = torch.zeros(1, 7, 7, 2)
+    state = {k.replace(".cpb_mlp.", ".rpe_mlp."): v for k, v in state.items()}
+    torch.save({"model": state, "optimizer": {"state": {}, "param_groups": []}, "lr_scheduler": {}, "scaler": {},
+                "max_accuracy": 0.0, "epoch": 799, "config": CfgNode({"MODEL": CfgNode({"TYPE": "swin"})})}, path)
+    return state
+
+
+@pytest.mark.parametrize("family, finetune", [((), ("MODEL.SWIN.WINDOW_SIZE", "2")), (V2, ())], ids=["v1", "v2"])
+def test_a_reference_simmim_checkpoint_fine_tunes_into_a_classifier_with_every_key_accounted_for(
+        family, finetune, tmp_path, caplog):
+    path = str(tmp_path / "simmim_pretrain.pth")
+    source = _reference_simmim_file(path, family)
+    torch.manual_seed(2)
+    classifier = build_model(tiny(*family, *finetune))
+    head = {k: v.clone() for k, v in classifier.state_dict().items() if k.startswith("head.")}
+    with caplog.at_level(logging.INFO):
+        load_pretrained(classifier, path, logging.getLogger("simmim-test"))
+    log = caplog.text
+    assert "is SimMIM pre-training" in log and "left out its decoder and mask token" in log
+    derived = ("relative_position_index", "attn_mask", "relative_coords_table")
+    taken = set()
+    for key, value in classifier.state_dict().items():
+        if key.startswith("head."):
+            assert torch.equal(value, head[key])  # a new head, as initialised
+            continue
+        if key.endswith(derived):
+            continue
+        old_key = "encoder." + key.replace(".cpb_mlp.", ".rpe_mlp.")
+        taken.add(old_key)
+        if key.endswith("relative_position_bias_table") and value.shape != source[old_key].shape:
+            assert torch.allclose(value, resize_bias_table(source[old_key], value.shape[0]))
+            assert f"resized {key}" in log
+        else:
+            assert torch.equal(value, source[old_key]), key
+    left = {k for k in source if k not in taken and not k.endswith(derived)}
+    assert left == {"encoder.mask_token", "decoder.0.weight", "decoder.0.bias"}
+    assert ("renamed from the early Swin V2 rpe_mlp to cpb_mlp" in log) == bool(family)
+
+
+@pytest.fixture(scope="module")
+def pretrained(tmp_path_factory):
+    """Two epochs of SimMIM pre-training on the digits with two loader workers, through main.py."""
+    output = tmp_path_factory.mktemp("pretrained")
+    ok(run(command(output, *DIGITS_PRETRAIN, "DATA.NUM_WORKERS", "2")))
+    return output
+
+
+def test_pretraining_writes_checkpoints_of_the_reference_layout_and_losses_that_fall(pretrained):
+    folder = run_dir(pretrained)
+    payload = torch.load(os.path.join(folder, "ckpt_epoch_1.pth"), weights_only=True)
+    keys = set(payload["model"])
+    assert "encoder.mask_token" in keys and "decoder.0.weight" in keys and not any(k.startswith("head") for k in keys)
+    assert all(k.startswith(("encoder.", "decoder.")) for k in keys)
+    lines = metrics_lines(pretrained)
+    assert [line["epoch"] for line in lines] == [0, 1] and lines[1]["train_loss"] < lines[0]["train_loss"]
+    assert not any(k.startswith("val_") for k in lines[0])
+    assert sorted(n for n in os.listdir(folder) if n.endswith(".pth")) == ["ckpt_epoch_0.pth", "ckpt_epoch_1.pth"]
+    assert plot_metrics.main([folder, "--output", os.path.join(folder, "curves.png")]) == 0
+    assert Image.open(os.path.join(folder, "curves.png")).size == (1000, 400)  # loss and lr: two panels
+
+
+def test_pretraining_resumed_after_sigterm_equals_an_uninterrupted_run(pretrained, tmp_path):
+    cmd = command(tmp_path, *DIGITS_PRETRAIN, "DATA.NUM_WORKERS", "2")
+    stopped = interrupt_after(cmd, r"train 1 \[20/")
+    assert stopped.returncode == 128 + signal.SIGTERM, stopped.stderr[-2000:]
+    assert re.search(r"saved .*ckpt_epoch_1_step_\d+\.pth", stopped.stderr)
+    resumed = ok(run(cmd))
+    assert re.search(r"resumed from .*ckpt_epoch_1_step_\d+\.pth: epoch 1, \d+ batches done", resumed.stdout)
+    straight = torch.load(os.path.join(run_dir(pretrained), "ckpt_epoch_1.pth"), weights_only=True)["model"]
+    again = torch.load(os.path.join(run_dir(tmp_path), "ckpt_epoch_1.pth"), weights_only=True)["model"]
+    assert all(torch.equal(straight[k], again[k]) for k in straight)
+    assert metrics_lines(tmp_path) == metrics_lines(pretrained)
+
+
+def test_two_ranks_pretrain_as_one_process_with_the_same_global_batch(tmp_path):
+    opts = (*DIGITS_PRETRAIN, "TRAIN.EPOCHS", "1", "TRAIN.WARMUP_EPOCHS", "0", "PRINT_FREQ", "1000",
+            "MODEL.DROP_PATH_RATE", "0.0")
+    ok(run(command(tmp_path / "one", *opts, "DATA.BATCH_SIZE", "8")))
+    ok(run(command(tmp_path / "two", *opts, "DATA.BATCH_SIZE", "4", launcher=torchrun(2))))
+    one = torch.load(os.path.join(run_dir(tmp_path / "one"), "ckpt_epoch_0.pth"), weights_only=True)["model"]
+    two = torch.load(os.path.join(run_dir(tmp_path / "two"), "ckpt_epoch_0.pth"), weights_only=True)["model"]
+    worst = max(float((one[k].double() - two[k].double()).abs().max()) for k in one if one[k].is_floating_point())
+    # 179 AdamW steps turn the other summation order of the gradients into differences of about 1e-4; other
+    # masks (ratio 0.5 instead of 0.6) move the weights by 5e-2.
+    assert worst < 1e-3
+
+
+def test_our_pretraining_fine_tunes_through_main(pretrained, tmp_path):
+    ckpt = os.path.join(run_dir(pretrained), "ckpt_epoch_1.pth")
+    result = run_main("--cfg", TINY_CFG, "--output", str(tmp_path), "--pretrained", ckpt, "--opts",
+                      "DATA.DATASET", "digits", "TRAIN.EPOCHS", "2", "PRINT_FREQ", "1000")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "is SimMIM pre-training: took its encoder" in result.stdout
+    assert "head.bias, head.weight start from scratch" in result.stdout
+    assert re.search(r"epoch 1: val top-1 [\d.]+%", result.stdout)
+
+
+@pytest.mark.parametrize("layout", ["flat folder", "class folders", "zip"])
+def test_pretraining_reads_images_without_labels_from_any_source(layout, tmp_path):
+    data = tmp_path / "data"
+    if layout == "zip":
+        zip_tree(str(data))
+        source = ("DATA.ZIP_MODE", "True")
+    else:
+        for i in range(24):
+            folder = data / ("" if layout == "flat folder" else f"class{i % 3}")
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / f"{i}.png").write_bytes(png_bytes((40, 36), (10 * i, 200 - 5 * i, 30)))
+        source = ()
+    result = run_main("--cfg", TINY_CFG, "--output", str(tmp_path / "out"), "--data-path", str(data), "--opts",
+                      *SIMMIM, "DATA.DATASET", "'imagenet'", "DATA.BATCH_SIZE", "4", "TRAIN.EPOCHS", "2", *source)
+    assert result.returncode == 0, result.stderr[-2000:]
+    count = 16 if layout == "zip" else 24
+    assert f"SimMIM pre-training on {count} images: 10 of 16 mask patches (8px) hidden" in result.stdout
+    assert "epoch 1: reconstruction loss" in result.stdout
+
+
+@pytest.mark.parametrize("norm_target", [False, True], ids=["pixels", "normalised"])
+def test_reconstruct_draws_original_masked_and_rebuilt_with_the_visible_pixels_kept(norm_target, tmp_path, capsys):
+    config = tiny(*SIMMIM, "MODEL.SIMMIM.NORM_TARGET.ENABLE", str(norm_target), "MODEL.SIMMIM.NORM_TARGET.PATCH_SIZE",
+                  "5")
+    torch.manual_seed(0)
+    ckpt = str(tmp_path / "simmim.pth")
+    torch.save({"model": build_model(config).state_dict(), "config": config.dump()}, ckpt)
+    images = tmp_path / "images"
+    images.mkdir()
+    for i in range(3):
+        (images / f"{i}.png").write_bytes(png_bytes((32, 32), (60 * i, 90, 200 - 50 * i)))
+    output = str(tmp_path / "grid.png")
+    assert reconstruct.main(["--resume", ckpt, str(images), "--output", output, "--count", "2"]) == 0
+    assert re.search(r"2 images, 10 of 16 mask patches hidden; reconstruction loss [\d.]+", capsys.readouterr().out)
+    grid = torch.from_numpy(np.array(Image.open(output).convert("RGB")))  # 18 + 2 x 128, 3 x 128, 3
+    original, masked, rebuilt = (grid[18:, i * 128 : (i + 1) * 128] for i in range(3))
+    torch.manual_seed(0)
+    generator = MaskGenerator(32, 8, 4, 0.6)
+    masks = torch.stack([generator() for _ in range(2)])
+    visible = ~F.interpolate(masks[:, None].float(), scale_factor=16, mode="nearest").bool()[:, 0]
+    visible = visible.reshape(2 * 128, 128)  # the two rows one above the other
+    assert torch.equal(rebuilt[visible], original[visible]) and torch.equal(masked[visible], original[visible])
+    assert not torch.equal(rebuilt[~visible], masked[~visible])  # predicted pixels where the mask was
+
+
+def test_reconstruct_refuses_a_classifier_in_one_line(tmp_path, capsys):
+    ckpt = str(tmp_path / "classifier.pth")
+    torch.save({"model": build_model(tiny()).state_dict(), "config": tiny().dump()}, ckpt)
+    (tmp_path / "a.png").write_bytes(png_bytes())
+    code = reconstruct.main(["--resume", ckpt, str(tmp_path / "a.png"), "--output", str(tmp_path / "r.png")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "is a classifier" in err and "MODEL.SIMMIM.PRETRAIN" in err
+    assert not os.path.exists(tmp_path / "r.png")
+
+
+def test_the_reference_simmim_configs_and_command_lines_work_with_main():
+    """Its pre-training command line with main.py for main_simmim_pt.py; each fine-tuning config builds the
+    encoder its pre-training config trains (window and size may differ: fine-tuning adapts them)."""
+    import main as main_module
+    from config import get_config
+    from config_checks import architecture_differences
+
+    folder = os.path.join(ROOT, "configs", "simmim")
+    pairs = [("simmim_pretrain__swin_base__img192_window6__800ep", "simmim_finetune__swin_base__img224_window7__800ep"),
+             ("simmim_pretrain__swinv2_base__img192_window12__800ep",
+              "simmim_finetune__swinv2_base__img224_window14__800ep")]
+    for pretrain, finetune in pairs:
+        args = main_module.parse_args(["--cfg", os.path.join(folder, pretrain + ".yaml"), "--batch-size", "128",
+                                       "--data-path", "/data/imagenet/train", "--disable-amp", "--tag", "job"])
+        config = get_config(args)
+        assert config.MODEL.SIMMIM.PRETRAIN and not config.AMP_ENABLE and config.DATA.BATCH_SIZE == 128
+        assert (config.DATA.MASK_PATCH_SIZE, config.DATA.MASK_RATIO, config.TRAIN.LR_SCHEDULER.MULTISTEPS) == \
+            (32, 0.6, [700])
+        tuned = load_config(os.path.join(folder, finetune + ".yaml"))
+        assert not tuned.MODEL.SIMMIM.PRETRAIN and tuned.TRAIN.LAYER_DECAY < 1
+        assert architecture_differences(tuned, config, with_resolution=False) == []
+    v2 = load_config(os.path.join(folder, pairs[1][0] + ".yaml"))
+    assert v2.MODEL.SIMMIM.NORM_TARGET.ENABLE and v2.MODEL.SIMMIM.NORM_TARGET.PATCH_SIZE == 47
+    small = load_config(os.path.join(folder, "simmim_pretrain__swin_cifar10.yaml"))
+    assert architecture_differences(load_config(os.path.join(ROOT, "configs", "swin_cifar10.yaml")), small,
+                                    with_resolution=True) == []
+
+
+def test_summary_describes_the_decoder_and_the_encoder(capsys):
+    assert summary.main(["--cfg", os.path.join(ROOT, "configs", "simmim", "simmim_pretrain__swin_cifar10.yaml")]) == 0
+    decoder = 192 * (8 * 8 * 3) + 8 * 8 * 3  # 1x1 conv from 48 x 2^2 channels to stride^2 x 3, with bias
+    assert capsys.readouterr().out.startswith(f"SimMIM pre-training: a pixel decoder ({decoder:,} parameters, "
+                                              "stride 8) on the encoder simmim_pretrain_cifar10: ")
