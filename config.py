@@ -254,6 +254,9 @@ _C.AMP_ENABLE = True
 _C.AMP_OPT_LEVEL = ""
 # Mixed-precision dtype: fp16 (with loss scaling) or bf16.
 _C.AMP_DTYPE = "fp16"
+# On CUDA, let fp32 matmuls and convolutions use TF32 (faster on Ampere and later, 10-bit mantissa). Off by
+# default, so that --disable_amp means fp32 throughout.
+_C.ALLOW_TF32 = False
 # Device: auto (CUDA when available), cpu or cuda.
 _C.DEVICE = "auto"
 # Run the model through torch.compile (training, evaluation and throughput).

@@ -134,6 +134,8 @@ class Runtime:
 
     def describe(self) -> str:
         precision = {None: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}[self.amp_dtype]
+        if self.device.type == "cuda" and torch.backends.cuda.matmul.allow_tf32:
+            precision += " (fp32 matmuls in TF32)"
         return f"device {self.device}, rank {self.rank} of {self.world_size}, precision {precision}"
 
 
@@ -205,8 +207,9 @@ def init_runtime(config: CfgNode) -> Runtime:
     device = _pick_device(config, local_rank)
     if device.type == "cuda":
         torch.cuda.set_device(device)
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
+    # Process-wide switches, set from the config whatever the device (they change nothing on CPU).
+    torch.backends.cuda.matmul.allow_tf32 = config.ALLOW_TF32
+    torch.backends.cudnn.allow_tf32 = config.ALLOW_TF32
     if world_size > 1 and not dist.is_initialized():
         if "RANK" not in os.environ:
             _slurm_rendezvous()
