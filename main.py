@@ -40,7 +40,7 @@ TIMM_FLAGS = {
     "--grad-accum-steps": "--accumulation-steps", "--experiment": "--tag", "--amp": "--amp-dtype (AMP is on by "
     "default; --disable_amp turns it off)", "--model-ema": "--opts TRAIN.EMA_DECAY 0.9998",
     "--freeze": "--opts TRAIN.FREEZE_STAGES N or TRAIN.LINEAR_PROBE True",
-    "--enable-amp": "nothing (AMP is on by default; --disable_amp turns it off)",
+    "--enable-amp": "--amp-dtype (AMP is on by default; --disable_amp turns it off)",
 }
 _HELP_KEYS = """most used config keys (set with --opts KEY VALUE; all of them are in config.py):
   TRAIN.EPOCHS  TRAIN.BASE_LR  TRAIN.WARMUP_EPOCHS  TRAIN.MIN_LR  TRAIN.WEIGHT_DECAY  TRAIN.CLIP_GRAD

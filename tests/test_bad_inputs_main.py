@@ -184,6 +184,7 @@ COMMAND_LINE_CASES = {
     "timm's --epochs=N": (t("--epochs=5"), ("--opts TRAIN.EPOCHS 5",)),
     "timm's -b": (t("-b", "4"), ("here it is --batch-size",)),
     "timm's --drop-path": (t("--drop-path", "0.1"), ("--opts MODEL.DROP_PATH_RATE 0.1",)),
+    "the reference SimMIM scripts' --enable-amp": (t("--enable-amp"), ("--enable-amp", "AMP is on by default")),
     "no cfg and weights without a config": ((("--pretrained", "{bare}"), ()), ("bare.pth carries no config", "--cfg")),
     "no cfg and no weights": ((("--eval",), ()), ("no config", "--cfg")),
     "zoo name of another architecture": (t("--pretrained", "swin_tiny_patch4_window7_224"),

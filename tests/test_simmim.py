@@ -13,7 +13,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from bad_inputs import png_bytes, zip_tree
-from conftest import ROOT, TINY_CFG, run_main
+from conftest import ROOT, TINY_CFG, assert_user_error, run_main
 from PIL import Image
 from test_resume import command, interrupt_after, metrics_lines, ok, run, run_dir, torchrun
 from yacs.config import CfgNode
@@ -341,3 +341,25 @@ def test_summary_describes_the_decoder_and_the_encoder(capsys):
     decoder = 192 * (8 * 8 * 3) + 8 * 8 * 3  # 1x1 conv from 48 x 2^2 channels to stride^2 x 3, with bias
     assert capsys.readouterr().out.startswith(f"SimMIM pre-training: a pixel decoder ({decoder:,} parameters, "
                                               "stride 8) on the encoder simmim_pretrain_cifar10: ")
+
+
+def test_a_reference_pretraining_optimizer_state_is_refused_in_one_line_and_its_weights_start_a_run(tmp_path):
+    """The reference's pre-training decays the position tables (its prefixed skip keywords never match), so its
+    saved optimizer groups are not ours: --resume says so; --pretrained takes the weights."""
+    torch.manual_seed(0)
+    model = build_model(tiny(*SIMMIM))
+    exempt = {"encoder.absolute_pos_embed", "encoder.mask_token"}
+    groups = [[p for n, p in model.named_parameters() if not (p.ndim == 1 or n.endswith(".bias") or n in exempt)],
+              [p for n, p in model.named_parameters() if p.ndim == 1 or n.endswith(".bias") or n in exempt]]
+    optimizer = torch.optim.AdamW([{"params": groups[0]}, {"params": groups[1], "weight_decay": 0.0}])
+    model(torch.randn(2, 3, 32, 32), masks_for(2)).backward()
+    optimizer.step()
+    path = str(tmp_path / "reference_pretrain.pth")
+    torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "lr_scheduler": {}, "scaler": {},
+                "epoch": 3, "max_accuracy": 0.0}, path)
+    opts = ("--opts", *SIMMIM, "DATA.DATASET", "digits", "TRAIN.EPOCHS", "2", "PRINT_FREQ", "1000")
+    refused = run_main("--cfg", TINY_CFG, "--output", str(tmp_path / "a"), "--resume", path, *opts)
+    assert_user_error(refused, "reference_pretrain.pth has optimizer state for other parameters", "--pretrained")
+    started = run_main("--cfg", TINY_CFG, "--output", str(tmp_path / "b"), "--pretrained", path, *opts)
+    assert started.returncode == 0, started.stderr[-2000:]
+    assert "loaded pretrained weights" in started.stdout and "mask_token start from scratch" in started.stdout
