@@ -10,7 +10,6 @@ from torch import nn
 from yacs.config import CfgNode
 
 from models.convert import (
-    SIMMIM_ENCODER,
     detect_layout,
     from_simmim,
     from_timm,
@@ -24,7 +23,7 @@ from utils import CheckpointError, load_checkpoint_file, model_state_from, save_
 
 def _check_kind(model: nn.Module, state: dict, path: str) -> None:
     """A SimMIM pre-training state given to a classifier, or a classifier's to SimMIM, is named as such."""
-    is_simmim_state = any(k.startswith(SIMMIM_ENCODER) for k in state)
+    is_simmim_state = detect_layout(state) == "simmim"
     if is_simmim_state and not isinstance(model, SimMIM):
         raise CheckpointError(f"checkpoint {path} is SimMIM pre-training (an encoder and a pixel decoder, no "
                               f"classifier); fine-tune a classifier from it with --pretrained {path}")

@@ -14,11 +14,10 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from torch.utils.data.dataloader import default_collate
 from yacs.config import CfgNode
 
-from config_checks import architecture_group
 from data.datasets import DigitsDataset, FakeDataset, ImageFilesDataset, ImageFolderDataset, ZipMapDataset
 from data.samplers import ExactShardSampler, ResumableSampler, ShardRandomSampler
 from data.seeding import SeededSamples
-from data.simmim import MaskedImages, MaskGenerator, build_simmim_transform
+from data.simmim import MaskedImages, build_mask_generator, build_simmim_transform
 from data.transforms import build_transform
 from runtime import Runtime
 from utils import DataError
@@ -238,9 +237,7 @@ def _pretraining_images(config: CfgNode, rt: Runtime) -> Dataset:
 
 def build_pretraining_loader(config: CfgNode, rt: Runtime, logger: logging.Logger) -> LoaderBundle:
     """SimMIM pre-training batches of (images, masks), labels unused; there is no validation set."""
-    group = config.MODEL[architecture_group(config)]
-    masks = MaskGenerator(config.DATA.IMG_SIZE, config.DATA.MASK_PATCH_SIZE, group.PATCH_SIZE,
-                          config.DATA.MASK_RATIO)
+    masks = build_mask_generator(config)
     images = MaskedImages(_pretraining_images(config, rt), masks)
     logger.info(f"SimMIM pre-training on {len(images):,} images: {masks.mask_count} of {masks.cells ** 2} mask "
                 f"patches ({config.DATA.MASK_PATCH_SIZE}px) hidden per image")

@@ -7,6 +7,9 @@ import torch
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torch.utils.data import Dataset
 from torchvision import transforms
+from yacs.config import CfgNode
+
+from config_checks import architecture_group
 
 
 class MaskGenerator:
@@ -26,6 +29,12 @@ class MaskGenerator:
         mask[torch.randperm(self.cells**2)[: self.mask_count]] = True
         mask = mask.view(self.cells, self.cells)  # g, g
         return mask.repeat_interleave(self.scale, 0).repeat_interleave(self.scale, 1)  # H/p, W/p
+
+
+def build_mask_generator(config: CfgNode) -> MaskGenerator:
+    """The masks of DATA.MASK_PATCH_SIZE and DATA.MASK_RATIO over the model's patches at DATA.IMG_SIZE."""
+    patch_size = config.MODEL[architecture_group(config)].PATCH_SIZE
+    return MaskGenerator(config.DATA.IMG_SIZE, config.DATA.MASK_PATCH_SIZE, patch_size, config.DATA.MASK_RATIO)
 
 
 def build_simmim_transform(img_size: int) -> Callable:

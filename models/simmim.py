@@ -5,7 +5,7 @@ token replaces the embedded patches under the mask; the encoder's last feature m
 through a one-layer decoder (a 1x1 convolution to stride^2 x 3 channels, then a pixel shuffle)
 back to pixels, and the loss is the L1 distance on the masked pixels only. The names are the
 reference's (`encoder.*`, `encoder.mask_token`, `decoder.0.*`), so its published pre-training
-checkpoints resume here and fine-tune into the classifiers.
+weights load here and fine-tune into the classifiers.
 """
 
 import torch
@@ -81,10 +81,13 @@ class SimMIM(nn.Module):
         """What the decoder learns to output: the pixels, or their normalised form (MODEL.SIMMIM.NORM_TARGET)."""
         return normalized_target(images, self.norm_target_window) if self.norm_target_window else images
 
+    def loss(self, images: torch.Tensor, mask: torch.Tensor, prediction: torch.Tensor) -> torch.Tensor:
+        """The L1 distance of `prediction` (from `reconstruct`) to the target over the masked pixels, a scalar."""
+        return masked_l1(prediction.float(), self.target(images.float()), pixel_mask(mask, self.patch_size).float())
+
     def forward(self, images: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """The L1 reconstruction loss over the masked pixels, a scalar."""
-        prediction = self.reconstruct(images, mask).float()
-        return masked_l1(prediction, self.target(images.float()), pixel_mask(mask, self.patch_size).float())
+        """The training objective: the reconstruction loss of `images` with `mask` hidden."""
+        return self.loss(images, mask, self.reconstruct(images, mask))
 
     @torch.jit.ignore
     def no_weight_decay(self) -> set[str]:

@@ -22,11 +22,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from cli import StrictParser, positive_int, run_command  # noqa: E402
-from config_checks import architecture_group  # noqa: E402
 from data.datasets import decode_image  # noqa: E402
-from data.simmim import MaskGenerator  # noqa: E402
+from data.simmim import build_mask_generator  # noqa: E402
 from data.transforms import build_transform  # noqa: E402
-from models.simmim import SimMIM, local_statistics, masked_l1, pixel_mask  # noqa: E402
+from models.simmim import SimMIM, local_statistics, pixel_mask  # noqa: E402
 from tools.model_source import add_model_arguments, model_from_arguments  # noqa: E402
 from tools.predict import expand_inputs  # noqa: E402
 from utils import require_folder_of  # noqa: E402
@@ -40,8 +39,8 @@ _HEADER_PX = 18
 def reconstruct(model: SimMIM, images: torch.Tensor, masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, float]:
     """Masked inputs and reconstructions (visible pixels kept) in the images' normalised space, and the loss."""
     prediction = model.reconstruct(images, masks).float()
+    loss = float(model.loss(images, masks, prediction))
     hidden = pixel_mask(masks, model.patch_size).float()  # B, 1, H, W
-    loss = float(masked_l1(prediction, model.target(images), hidden))
     if model.norm_target_window:
         mean, std = local_statistics(images, model.norm_target_window)
         prediction = prediction * std + mean
@@ -90,8 +89,7 @@ def _reconstruct(args: argparse.Namespace) -> int:
     model, config, _ = model_from_arguments(args, simmim=True)
     view = build_transform(False, config)
     images = torch.stack([view(decode_image(p, p)) for p in paths])  # B, 3, H, W
-    masks_of = MaskGenerator(config.DATA.IMG_SIZE, config.DATA.MASK_PATCH_SIZE,
-                             config.MODEL[architecture_group(config)].PATCH_SIZE, config.DATA.MASK_RATIO)
+    masks_of = build_mask_generator(config)
     torch.manual_seed(args.seed)
     masks = torch.stack([masks_of() for _ in paths])  # B, H/p, W/p
     masked, rebuilt, loss = reconstruct(model, images, masks)
