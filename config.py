@@ -35,6 +35,9 @@ _C.DATA.DATASET = "imagenet"
 _C.DATA.IMG_SIZE = 224
 # Interpolation for resizing: random, bilinear or bicubic.
 _C.DATA.INTERPOLATION = "bicubic"
+# Training crop resize: pil (the reference's) or torch (the same random crops resized by torch's antialiased
+# uint8 kernel, about 4x faster per image; the rest of the augmentation is unchanged).
+_C.DATA.TRANSFORM_BACKEND = "pil"
 # Read train.zip / val.zip with train_map.txt / val_map.txt instead of folders.
 _C.DATA.ZIP_MODE = False
 # Zip cache: no (read on demand), full (cache every image), part (cache this rank's shard).

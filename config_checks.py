@@ -13,6 +13,7 @@ from utils import ConfigError
 CHOICES = {
     "DATA.DATASET": ("imagenet", "imagenet22K", "folder", "fake", "digits"),
     "DATA.INTERPOLATION": ("random", "bilinear", "bicubic"),
+    "DATA.TRANSFORM_BACKEND": ("pil", "torch"),
     "DATA.CACHE_MODE": ("no", "full", "part"),
     "DATA.DECODE_ERRORS": ("fail", "skip"),
     "MODEL.TYPE": ("swin", "swinv2", "swin_mlp"),

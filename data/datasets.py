@@ -8,7 +8,7 @@ import io
 import os
 import zipfile
 import zlib
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 import numpy as np
 import torch
@@ -21,11 +21,28 @@ from utils import DataError
 Transform = Optional[Callable]
 
 
-def decode_image(data: bytes | str, name: str) -> Image.Image:
-    """An RGB image from file bytes or a path; a DataError naming `name` when it does not decode."""
+def open_rgb(source: io.BytesIO | str) -> Image.Image:
+    """Decode to RGB; an image that decoded to RGB and closed its file is returned as it is (convert copies)."""
+    img = Image.open(source)
     try:
-        with Image.open(io.BytesIO(data) if isinstance(data, bytes) else data) as img:
-            return img.convert("RGB")
+        img.load()
+    except BaseException:
+        img.close()
+        raise
+    if img.mode == "RGB" and getattr(img, "fp", None) is None:
+        return img
+    with img:
+        return img.convert("RGB")
+
+
+def decode_image(data: bytes | str, name: str, transform: Transform = None) -> Any:
+    """An RGB image from file bytes or a path; a DataError naming `name` when it does not decode.
+
+    A transform with a `decode` method decodes the file itself (the torch backend draws its crop first).
+    """
+    source = io.BytesIO(data) if isinstance(data, bytes) else data
+    try:
+        return getattr(transform, "decode", open_rgb)(source)
     except UnidentifiedImageError:
         reason = "empty file" if not data or (isinstance(data, str) and os.path.getsize(data) == 0) else \
             "not an image format PIL reads"
@@ -85,7 +102,7 @@ class ImageFolderDataset(Dataset):
 
     def __getitem__(self, index: int) -> tuple:
         path, label = self.samples[index]
-        image = decode_image(path, path)
+        image = decode_image(path, path, self.transform)
         return (self.transform(image) if self.transform else image), label
 
 
@@ -108,7 +125,7 @@ class ImageFilesDataset(Dataset):
 
     def __getitem__(self, index: int) -> tuple:
         path = self.files[index]
-        image = decode_image(path, path)
+        image = decode_image(path, path, self.transform)
         return (self.transform(image) if self.transform else image), 0
 
 
@@ -197,7 +214,7 @@ class ZipMapDataset(Dataset):
 
     def __getitem__(self, index: int) -> tuple:
         name, label = self.samples[index]
-        image = decode_image(self._read(index), f"{self.zip_path}:{name}")
+        image = decode_image(self._read(index), f"{self.zip_path}:{name}", self.transform)
         return (self.transform(image) if self.transform else image), label
 
     def __getstate__(self) -> dict:

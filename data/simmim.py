@@ -4,12 +4,12 @@ import math
 from typing import Callable
 
 import torch
-from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torch.utils.data import Dataset
 from torchvision import transforms
 from yacs.config import CfgNode
 
 from config_checks import architecture_group
+from data.transforms import ToNormalizedTensor
 
 
 class MaskGenerator:
@@ -42,8 +42,7 @@ def build_simmim_transform(img_size: int) -> Callable:
     return transforms.Compose([
         transforms.RandomResizedCrop(img_size, scale=(0.67, 1.0), ratio=(3.0 / 4.0, 4.0 / 3.0)),
         transforms.RandomHorizontalFlip(),
-        transforms.ToTensor(),
-        transforms.Normalize(IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD),
+        ToNormalizedTensor(),
     ])
 
 

@@ -1,0 +1,235 @@
+"""The torch training-transform backend (DATA.TRANSFORM_BACKEND torch): the reference's augmentation, with the
+same random draws in the same order, its slowest steps computed faster on a core.
+
+- The random crop is drawn from the image header before decoding; JPEGs are decoded by torchvision's
+  decoder (the same pixels as PIL's, faster), or by PIL at 1/2, 1/4 or 1/8 scale when the crop is large
+  enough, and the crop is resized by torch's antialiased uint8 kernel instead of PIL's (within about a
+  grey level of it).
+- RandAugment's shear and translate ops are PIL bicubic affine warps that move pixels along rows or columns
+  only, so they are one-dimensional resamplings: computed as such (PIL's a = -1 cubic, truncated, clamped
+  edges, the fill colour where the source falls outside), equal to PIL's output within one grey level.
+"""
+
+import io
+import random
+import warnings
+from dataclasses import dataclass
+from typing import Any, Callable, Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from timm.data import auto_augment as timm_auto_augment
+from timm.data.transforms import RandomResizedCropAndInterpolation
+from torchvision import transforms
+from torchvision.io import ImageReadMode, decode_jpeg
+from torchvision.transforms import InterpolationMode
+
+from data.datasets import open_rgb
+
+
+@dataclass
+class PlannedCrop:
+    """A decoded image with the random crop and interpolation that were drawn for it before it was decoded."""
+
+    pixels: torch.Tensor  # H, W, C uint8
+    crop: tuple[int, int, int, int]  # top, left, height, width in `pixels`
+    interpolation: InterpolationMode
+
+
+# Start-of-frame markers (baseline, progressive, lossless, arithmetic): their segment holds the image size.
+_SOF_MARKERS = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
+
+
+def jpeg_header(data: bytes) -> Optional[tuple[int, int, int]]:
+    """Width, height and colour components of a JPEG from its start-of-frame segment; None when `data` is not
+    a JPEG this reads (PIL then opens it). Parsing only the markers costs a fraction of PIL's Image.open."""
+    if data[:2] != b"\xff\xd8":
+        return None
+    at = 2
+    while at + 4 <= len(data):
+        if data[at] != 0xFF:
+            return None
+        marker = data[at + 1]
+        if marker == 0xFF:  # fill byte
+            at += 1
+            continue
+        if marker == 0xDA:  # start of scan before any frame header
+            return None
+        length = int.from_bytes(data[at + 2:at + 4], "big")
+        if marker in _SOF_MARKERS and at + 10 <= len(data):
+            height, width = int.from_bytes(data[at + 5:at + 7], "big"), int.from_bytes(data[at + 7:at + 9], "big")
+            return (width, height, data[at + 9]) if width and height else None
+        at += 2 + length
+    return None
+
+
+def _decode_jpeg(data: bytes) -> torch.Tensor:
+    """H, W, 3 uint8 pixels of a JPEG by torchvision's decoder (libjpeg-turbo, the same pixels as PIL's)."""
+    try:
+        with warnings.catch_warnings():  # torchvision 0.29 announces that TorchCodec will take its decoders over
+            warnings.simplefilter("ignore", DeprecationWarning)
+            pixels = decode_jpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB)
+    except RuntimeError as err:  # libjpeg's errors; decode_image turns OSError into one line naming the file
+        raise OSError("corrupt or truncated JPEG data") from err
+    return pixels.permute(1, 2, 0)  # H, W, C
+
+
+class TorchRandomResizedCrop(RandomResizedCropAndInterpolation):
+    """timm's RandomResizedCrop with the same draws (crop, then interpolation), resized by torch.
+
+    As the dataset's decoder (`decode`) it draws the crop from the image header, then decodes a JPEG by
+    torchvision's faster decoder, or at 1/2, 1/4 or 1/8 scale by PIL when the crop keeps at least the
+    output size at that scale.
+    """
+
+    def _draw(self, img: Image.Image) -> tuple[tuple[int, int, int, int], InterpolationMode]:
+        crop = self.get_params(img, self.scale, self.ratio)
+        interpolation = self.interpolation
+        if isinstance(interpolation, (tuple, list)):
+            interpolation = random.choice(interpolation)
+        return crop, interpolation
+
+    def _reduction(self, crop: tuple[int, int, int, int]) -> int:
+        """The largest JPEG decoding scale-down (1, 2, 4 or 8) that keeps the crop at least the output size."""
+        reduction = 1
+        while reduction < 8 and min(crop[2:]) >= 2 * reduction * max(self.size):
+            reduction *= 2
+        return reduction
+
+    def decode(self, source: io.BytesIO | str) -> PlannedCrop:
+        """Decode an image file for this crop: the crop is drawn from the header before the pixels are read."""
+        data = source.getvalue() if isinstance(source, io.BytesIO) else open(source, "rb").read()
+        header = jpeg_header(data)
+        if header is not None and header[2] in (1, 3) and header[0] * header[1] <= Image.MAX_IMAGE_PIXELS:
+            crop, interpolation = self._draw(torch.empty(()).expand(1, header[1], header[0]))  # the size only
+            if self._reduction(crop) == 1:
+                return PlannedCrop(_decode_jpeg(data), crop, interpolation)
+        else:
+            crop = interpolation = None
+        with Image.open(io.BytesIO(data)) as img:  # other formats, and JPEGs decoded at reduced scale
+            if crop is None:
+                crop, interpolation = self._draw(img)
+            full_size = img.size
+            if img.format == "JPEG":
+                reduction = self._reduction(crop)
+                img.draft("RGB", (img.size[0] // reduction, img.size[1] // reduction))
+            rgb = img.convert("RGB")
+        if rgb.size != full_size:  # decoded at reduced scale: the crop's edges in its pixels
+            sx, sy = rgb.size[0] / full_size[0], rgb.size[1] / full_size[1]
+            top, left = round(crop[0] * sy), round(crop[1] * sx)
+            crop = top, left, round((crop[0] + crop[2]) * sy) - top, round((crop[1] + crop[3]) * sx) - left
+        return PlannedCrop(torch.from_numpy(np.array(rgb)), crop, interpolation)
+
+    def __call__(self, img: Image.Image | PlannedCrop) -> Image.Image:
+        if isinstance(img, PlannedCrop):
+            (i, j, h, w), interpolation = img.crop, img.interpolation
+            crop = img.pixels[i:i + h, j:j + w]  # h, w, C
+        else:
+            (i, j, h, w), interpolation = self._draw(img)
+            crop = torch.from_numpy(np.array(img.crop((j, i, j + w, i + h))))  # h, w, C
+        crop = crop.permute(2, 0, 1).unsqueeze(0)  # 1, C, h, w (channels-last strides)
+        exact = interpolation == InterpolationMode.NEAREST
+        resized = F.interpolate(crop, size=self.size, mode=interpolation.value, antialias=not exact)  # 1, C, H, W
+        return Image.fromarray(resized[0].permute(1, 2, 0).contiguous().numpy())  # H, W, C
+
+
+class TorchBackendCompose(transforms.Compose):
+    """The torch backend's training transform; datasets decode images with its `decode`."""
+
+    def decode(self, source: io.BytesIO | str) -> Image.Image | PlannedCrop:
+        first = self.transforms[0]
+        if isinstance(first, TorchRandomResizedCrop):
+            return first.decode(source)
+        return open_rgb(source)
+
+
+def resample_rows(pixels: torch.Tensor, offsets: torch.Tensor, fill: tuple[int, ...]) -> torch.Tensor:
+    """Each row r resampled at x + offsets[r] as PIL's bicubic affine transform samples it.
+
+    Args:
+        pixels: R, L, C uint8.
+        offsets: R float64 shifts in pixels (positive reads from the right).
+        fill: the colour of outputs whose source lies outside the row.
+
+    Returns:
+        R, L, C uint8.
+    """
+    R, L, C = pixels.shape
+    shift = torch.floor(offsets)
+    d = (offsets - shift).to(torch.float32).view(R, 1, 1)  # R, 1, 1 fraction of the shift
+    first = torch.arange(R)[:, None] * L  # R, 1 flat index of each row's first pixel
+    span = (torch.arange(-1, L + 2)[None, :] + shift.long()[:, None]).clamp_(0, L - 1) + first  # R, L+3 sources
+    taps = pixels.reshape(R * L, C).index_select(0, span.view(-1)).view(R, L + 3, C).float()  # R, L+3, C
+    out = taps[:, 1:L + 1] * (1 - 2 * d ** 2 + d ** 3)  # R, L, C: PIL's cubic with a = -1 over taps -1..2
+    out.addcmul_(taps[:, 0:L], -d * (1 - d) ** 2).addcmul_(taps[:, 2:L + 2], d * (1 + d - d ** 2))
+    out.addcmul_(taps[:, 3:L + 3], -d ** 2 * (1 - d))
+    source = torch.arange(L, dtype=torch.float64)[None, :] + 0.5 + offsets[:, None]  # R, L
+    inside = (source >= 0) & (source < L)
+    values = torch.cat([out.clamp_(0, 255).to(torch.uint8).view(R * L, C), torch.tensor([fill], dtype=torch.uint8)])
+    pick = torch.where(inside, torch.arange(R * L).view(R, L), R * L)  # R, L: the pixel, or the fill row
+    return values.index_select(0, pick.view(-1)).view(R, L, C)
+
+
+def _warp(img: Image.Image, along_columns: bool, offset: Callable[[torch.Tensor], torch.Tensor],
+          fillcolor: tuple[int, ...]) -> Image.Image:
+    """Resample every row (or column) r of the image at x + offset(r)."""
+    pixels = torch.from_numpy(np.array(img))  # H, W, C
+    if along_columns:
+        pixels = pixels.transpose(0, 1)  # W, H, C
+    lines = torch.arange(pixels.shape[0], dtype=torch.float64)
+    out = resample_rows(pixels, offset(lines), tuple(fillcolor))
+    if along_columns:
+        out = out.transpose(0, 1)  # H, W, C
+    return Image.fromarray(out.contiguous().numpy())
+
+
+def _one_dimensional(pil_op: Callable, along_columns: bool, offset: Callable[[Image.Image, float, torch.Tensor],
+                                                                             torch.Tensor]) -> Callable:
+    """A RandAugment op with timm's signature: bicubic warps computed by `_warp`, other resampling by PIL.
+
+    The interpolation is drawn (when timm's settings leave it random) exactly where timm draws it.
+    """
+
+    def op(img: Image.Image, magnitude: float, fillcolor: tuple[int, ...] = (0, 0, 0),
+           resample: Any = Image.Resampling.BICUBIC, **_: object) -> Image.Image:
+        if isinstance(resample, (list, tuple)):
+            resample = random.choice(resample)
+        if resample != Image.Resampling.BICUBIC or img.mode != "RGB":
+            return pil_op(img, magnitude, fillcolor=fillcolor, resample=resample)
+        return _warp(img, along_columns, lambda lines: offset(img, magnitude, lines), fillcolor)
+
+    op.__name__ = pil_op.__name__
+    op.__doc__ = f"timm's {pil_op.__name__}, a one-dimensional resampling when bicubic."
+    return op
+
+
+# PIL's affine matrices (1, f, 0, 0, 1, 0), (1, 0, 0, f, 1, 0), (1, 0, px, 0, 1, 0) and (1, 0, 0, 0, 1, px):
+# row y read from x + f (y + 1/2), column x from y + f (x + 1/2), every row or column shifted by px.
+shear_x = _one_dimensional(timm_auto_augment.shear_x, False, lambda img, factor, lines: factor * (lines + 0.5))
+shear_y = _one_dimensional(timm_auto_augment.shear_y, True, lambda img, factor, lines: factor * (lines + 0.5))
+translate_x_rel = _one_dimensional(timm_auto_augment.translate_x_rel, False,
+                                   lambda img, pct, lines: torch.full_like(lines, pct * img.size[0]))
+translate_y_rel = _one_dimensional(timm_auto_augment.translate_y_rel, True,
+                                   lambda img, pct, lines: torch.full_like(lines, pct * img.size[1]))
+_ONE_DIMENSIONAL_OPS = {
+    timm_auto_augment.shear_x: shear_x,
+    timm_auto_augment.shear_y: shear_y,
+    timm_auto_augment.translate_x_rel: translate_x_rel,
+    timm_auto_augment.translate_y_rel: translate_y_rel,
+}
+
+
+def use_torch_backend(transform: transforms.Compose) -> TorchBackendCompose:
+    """The training transform with its RandomResizedCrop and RandAugment shear and translate ops swapped for
+    the torch versions above, every setting and random draw kept."""
+    steps = list(transform.transforms)
+    for i, step in enumerate(steps):
+        if isinstance(step, RandomResizedCropAndInterpolation):
+            swapped = TorchRandomResizedCrop(step.size, step.scale, step.ratio)
+            swapped.interpolation = step.interpolation
+            steps[i] = swapped
+        for op in getattr(step, "ops", ()):
+            op.aug_fn = _ONE_DIMENSIONAL_OPS.get(op.aug_fn, op.aug_fn)
+    return TorchBackendCompose(steps)
