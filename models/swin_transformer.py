@@ -23,13 +23,14 @@ from models.hierarchy import (
 )
 from models.window_ops import (
     combine_masks,
+    from_windows,
     make_shift_mask,
     pad_to_windows,
+    register_window_orders,
     relative_position_index,
     shift_mask_for,
+    to_windows,
     window_attention,
-    window_partition,
-    window_reverse,
 )
 
 
@@ -126,19 +127,15 @@ class SwinTransformerBlock(nn.Module):
         self.mlp = Mlp(dim, int(dim * mlp_ratio), drop=attn_options.get("proj_drop", 0.0))
         attn_mask = make_shift_mask(input_resolution, window_size, shift_size) if shift_size else None
         self.register_buffer("attn_mask", attn_mask)
+        register_window_orders(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, H, W, C = x.shape
         shortcut = x
         x = pad_to_windows(self.norm1(x), self.window_size)  # B, Hp, Wp, C
         Hp, Wp = x.shape[1:3]
-        if self.shift_size:
-            x = torch.roll(x, shifts=(-self.shift_size, -self.shift_size), dims=(1, 2))
-        windows = window_partition(x, self.window_size)  # nW*B, Ws*Ws, C
-        windows = self.attn(windows, shift_mask_for(self, Hp, Wp, x.device))
-        x = window_reverse(windows, self.window_size, Hp, Wp)  # B, Hp, Wp, C
-        if self.shift_size:
-            x = torch.roll(x, shifts=(self.shift_size, self.shift_size), dims=(1, 2))
+        windows = self.attn(to_windows(self, x), shift_mask_for(self, Hp, Wp, x.device))  # nW*B, Ws*Ws, C
+        x = from_windows(self, windows, Hp, Wp)  # B, Hp, Wp, C
         x = shortcut + self.drop_path(x[:, :H, :W, :])
         return x + self.drop_path(self.mlp(self.norm2(x)))
 

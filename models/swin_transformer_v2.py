@@ -17,13 +17,14 @@ from models.hierarchy import BasicLayer, Mlp, SwinClassifier, concat_2x2, fit_wi
 from models.swin_transformer import PatchMerging as PatchMergingV1
 from models.window_ops import (
     combine_masks,
+    from_windows,
     make_shift_mask,
     pad_to_windows,
+    register_window_orders,
     relative_position_index,
     shift_mask_for,
+    to_windows,
     window_attention,
-    window_partition,
-    window_reverse,
 )
 
 # The learned temperature is capped at 100 (logit_scale <= log 100), as in the paper.
@@ -130,17 +131,14 @@ class SwinTransformerBlock(nn.Module):
         self.mlp = Mlp(dim, int(dim * mlp_ratio), drop=attn_options.get("proj_drop", 0.0))
         attn_mask = make_shift_mask(input_resolution, window_size, shift_size) if shift_size else None
         self.register_buffer("attn_mask", attn_mask)
+        register_window_orders(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, H, W, C = x.shape
         y = pad_to_windows(x, self.window_size)  # B, Hp, Wp, C
         Hp, Wp = y.shape[1:3]
-        if self.shift_size:
-            y = torch.roll(y, shifts=(-self.shift_size, -self.shift_size), dims=(1, 2))
-        windows = self.attn(window_partition(y, self.window_size), shift_mask_for(self, Hp, Wp, x.device))
-        y = window_reverse(windows, self.window_size, Hp, Wp)  # B, Hp, Wp, C
-        if self.shift_size:
-            y = torch.roll(y, shifts=(self.shift_size, self.shift_size), dims=(1, 2))
+        windows = self.attn(to_windows(self, y), shift_mask_for(self, Hp, Wp, x.device))  # nW*B, Ws*Ws, C
+        y = from_windows(self, windows, Hp, Wp)  # B, Hp, Wp, C
         x = x + self.drop_path(self.norm1(y[:, :H, :W, :]))
         return x + self.drop_path(self.norm2(self.mlp(x)))
 

@@ -63,6 +63,56 @@ def shift_mask_for(block: torch.nn.Module, Hp: int, Wp: int, device: torch.devic
     return make_shift_mask((Hp, Wp), block.window_size, block.shift_size, device)
 
 
+def shifted_window_order(resolution: tuple[int, int], window_size: int, shift_size: int) -> torch.Tensor:
+    """The cyclic roll by -shift and the window partition of an H x W map as one token order (H*W,): entry t is
+    the position in the unrolled map of token t of the rolled map's windows (image-major, then row-major)."""
+    H, W = resolution
+    rows = (torch.arange(H) + shift_size) % H  # the rolled map's row r is the map's row (r + shift) % H
+    cols = (torch.arange(W) + shift_size) % W
+    source = (rows[:, None] * W + cols[None, :])[None, :, :, None]  # 1, H, W, 1
+    return window_partition(source, window_size).reshape(-1)  # nW*Ws*Ws
+
+
+def register_window_orders(block: torch.nn.Module) -> None:
+    """Keep a shifted block's token orders (into windows and back) for its configured size, as buffers outside the
+    state dict (derived, like the relative position index, but not part of the reference's names)."""
+    order = inverse = None
+    H, W = block.input_resolution
+    if block.shift_size and H % block.window_size == 0 and W % block.window_size == 0:
+        order = shifted_window_order((H, W), block.window_size, block.shift_size)
+        inverse = torch.argsort(order)
+    block.register_buffer("window_order", order, persistent=False)
+    block.register_buffer("window_inverse", inverse, persistent=False)
+
+
+def _orders(block: torch.nn.Module, Hp: int, Wp: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    if (Hp, Wp) == tuple(block.input_resolution) and block.window_order is not None:
+        return block.window_order, block.window_inverse
+    order = shifted_window_order((Hp, Wp), block.window_size, block.shift_size).to(device)
+    return order, torch.argsort(order)
+
+
+def to_windows(block: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """A block's padded B, Hp, Wp, C map as nW*B, Ws*Ws, C windows, cyclically shifted first when the block shifts.
+
+    The roll and the partition are one gather (one copy of the map instead of two).
+    """
+    B, Hp, Wp, C = x.shape
+    if not block.shift_size:
+        return window_partition(x, block.window_size)
+    order = _orders(block, Hp, Wp, x.device)[0]
+    return x.reshape(B, Hp * Wp, C).index_select(1, order).view(-1, block.window_size ** 2, C)  # nW*B, Ws*Ws, C
+
+
+def from_windows(block: torch.nn.Module, windows: torch.Tensor, Hp: int, Wp: int) -> torch.Tensor:
+    """`to_windows` undone: nW*B, Ws*Ws, C windows back to the B, Hp, Wp, C map, the shift rolled back."""
+    if not block.shift_size:
+        return window_reverse(windows, block.window_size, Hp, Wp)
+    C = windows.shape[-1]
+    inverse = _orders(block, Hp, Wp, windows.device)[1]
+    return windows.reshape(-1, Hp * Wp, C).index_select(1, inverse).view(-1, Hp, Wp, C)  # B, Hp, Wp, C
+
+
 def combine_masks(bias: torch.Tensor, shift_mask: Optional[torch.Tensor]) -> torch.Tensor:
     """The one additive mask of a block: the position bias (nH, N, N), plus the shift mask (nW, N, N) if any."""
     if shift_mask is None:

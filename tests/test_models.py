@@ -1,5 +1,6 @@
 import logging
 import os
+from types import SimpleNamespace
 
 import pytest
 import timm
@@ -13,7 +14,7 @@ from checkpoint import load_pretrained
 from config import load_config
 from models import build_model
 from models.pretrained import imagenet22k_to_1k_rows, resize_bias_table
-from models.window_ops import shift_mask_for
+from models.window_ops import from_windows, shift_mask_for, to_windows, window_partition, window_reverse
 from utils import CheckpointError
 
 LOGGER = logging.getLogger("test")
@@ -146,6 +147,27 @@ def test_configured_size_uses_the_stored_mask():
     assert shift_mask_for(block, 8, 8, torch.device("cpu")) is block.attn_mask
     assert shift_mask_for(block, 12, 12, torch.device("cpu")).shape == (9, 16, 16)
     assert shift_mask_for(model.layers[0].blocks[0], 8, 8, torch.device("cpu")) is None
+
+
+@pytest.mark.parametrize("size, window, shift", [((8, 8), 4, 2), ((12, 20), 4, 2), ((56, 56), 7, 3), ((6, 6), 3, 1)])
+def test_shifted_windows_by_one_gather_are_the_roll_and_partition(size, window, shift):
+    """to_windows / from_windows (one index_select each way) against the reference's roll + partition, bitwise."""
+    block = SimpleNamespace(shift_size=shift, window_size=window, input_resolution=(0, 0), window_order=None)
+    x = torch.randn(3, *size, 5, generator=torch.Generator().manual_seed(7))  # B, H, W, C
+    expected = window_partition(torch.roll(x, shifts=(-shift, -shift), dims=(1, 2)), window)
+    windows = to_windows(block, x)
+    assert torch.equal(windows, expected)
+    assert torch.equal(from_windows(block, windows * 2, *size), torch.roll(
+        window_reverse(expected * 2, window, *size), shifts=(shift, shift), dims=(1, 2)))
+
+
+def test_the_stored_window_orders_are_used_at_the_configured_size_and_stay_out_of_the_state_dict():
+    model = tiny().eval()
+    block = model.layers[0].blocks[1]
+    assert block.window_order is not None and model.layers[0].blocks[0].window_order is None
+    assert not any("window_order" in key or "window_inverse" in key for key in model.state_dict())
+    x = torch.randn(2, 8, 8, 16)
+    assert torch.equal(to_windows(block, x), window_partition(torch.roll(x, (-2, -2), (1, 2)), 4))
 
 
 def test_gradient_checkpointing_gives_the_same_gradients():
