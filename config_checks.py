@@ -14,6 +14,7 @@ CHOICES = {
     "DATA.DATASET": ("imagenet", "imagenet22K", "folder", "fake", "digits"),
     "DATA.INTERPOLATION": ("random", "bilinear", "bicubic"),
     "DATA.TRANSFORM_BACKEND": ("pil", "torch"),
+    "TEST.COMPILE": ("auto", "on", "off"),
     "DATA.CACHE_MODE": ("no", "full", "part"),
     "DATA.DECODE_ERRORS": ("fail", "skip"),
     "MODEL.TYPE": ("swin", "swinv2", "swin_mlp"),

@@ -11,9 +11,14 @@ import engine
 from checkpoint import load_pretrained, load_weights, reference_state
 from data import build_eval_loader, build_loader
 from evaluation import ClassTally
-from runtime import Runtime
+from runtime import Runtime, compile_for_inference
 from trainer import new_model, with_num_classes
 from utils import DataError, UserError, load_checkpoint_file
+
+
+def inference_compile_choice(config: CfgNode) -> str:
+    """TEST.COMPILE, or on when --compile (COMPILE) compiles every use of the model."""
+    return "on" if config.COMPILE else config.TEST.COMPILE
 
 
 def run_throughput(config: CfgNode, rt: Runtime, logger: logging.Logger) -> dict:
@@ -23,8 +28,10 @@ def run_throughput(config: CfgNode, rt: Runtime, logger: logging.Logger) -> dict
         images = next(iter(build_loader(config, rt, logger).loader_val))[0]
     else:
         images = torch.randn(config.DATA.BATCH_SIZE, 3, config.DATA.IMG_SIZE, config.DATA.IMG_SIZE)
-    result = engine.throughput(torch.compile(model) if config.COMPILE else model, images, rt)
-    logger.info(f"throughput: {rt.describe()}, torch {torch.__version__}, compile {config.COMPILE}, "
+    choice = inference_compile_choice(config)
+    model = compile_for_inference(model, images.to(rt.device), choice, logger.info, rt.autocast)
+    result = engine.throughput(model, images, rt)
+    logger.info(f"throughput: {rt.describe()}, torch {torch.__version__}, compile {choice}, "
                 f"batch {int(result['batch_size'])}, {result['img_s']:.1f} img/s, "
                 f"{result['ms_per_batch']:.1f} ms/batch, peak memory {result['peak_memory_mb']:.0f} MB")
     return result
@@ -60,7 +67,10 @@ def _eval_setup(config: CfgNode, rt: Runtime, logger: logging.Logger
 def run_eval(config: CfgNode, rt: Runtime, logger: logging.Logger) -> dict:
     bare, loader, names, classes = rt.agreed(lambda: _eval_setup(config, rt, logger))
     tally = ClassTally(classes, rt.device)
-    result = engine.validate(bare, loader, rt, tally, logger, config.PRINT_FREQ)
+    size = config.DATA.IMG_SIZE
+    example = torch.zeros(loader.batch_size or 1, 3, size, size, device=rt.device)
+    model = compile_for_inference(bare, example, inference_compile_choice(config), logger.info, rt.autocast)
+    result = engine.validate(model, loader, rt, tally, logger, config.PRINT_FREQ)
     logger.info(f"eval on {int(result['count'])} images: {engine.describe(result, digits=3)}")
     if rt.is_main:
         for path in tally.write(config.OUTPUT, "eval", names):

@@ -111,7 +111,22 @@ def test_throughput_needs_no_dataset(tmp_path):
     result = run_main("--cfg", TINY_CFG, "--throughput", "--output", str(tmp_path), "--opts", "DATA.DATASET",
                       "'imagenet'")
     assert result.returncode == 0, result.stderr
-    assert re.search(r"throughput: device cpu.*batch 8, [\d.]+ img/s", result.stdout)
+    assert re.search(r"throughput: device cpu.*compile auto, batch 8, [\d.]+ img/s", result.stdout)
+    assert "compiled the model" not in result.stdout  # auto compiles on CUDA only
+
+
+def test_throughput_and_eval_compile_on_request_and_log_the_compile_time(trained, tmp_path):
+    result = run_main("--cfg", TINY_CFG, "--throughput", "--output", str(tmp_path), "--opts", "DATA.DATASET",
+                      "'imagenet'", "TEST.COMPILE", "on")
+    assert result.returncode == 0, result.stderr
+    assert re.search(r"compiled the model for inference in [\d.]+s", result.stdout)
+    assert re.search(r"throughput: device cpu.*compile on, batch 8, [\d.]+ img/s", result.stdout)
+    ckpt = os.path.join(run_dir(trained), "ckpt_epoch_1.pth")
+    plain = run_main("--cfg", TINY_CFG, "--eval", "--resume", ckpt, "--output", str(tmp_path / "plain"), *DIGITS)
+    compiled = run_main("--cfg", TINY_CFG, "--eval", "--resume", ckpt, "--output", str(tmp_path / "compiled"),
+                        *DIGITS, "TEST.COMPILE", "on")
+    assert compiled.returncode == 0 and "compiled the model for inference" in compiled.stdout, compiled.stderr
+    assert re.findall(r"eval on \d+ images: .*", compiled.stdout) == re.findall(r"eval on \d+ images: .*", plain.stdout)
 
 
 def torchrun(*args: str) -> subprocess.CompletedProcess:

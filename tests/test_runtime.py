@@ -1,11 +1,13 @@
 """The runtime's process-wide numeric switches follow the config, not a fixed choice."""
 
+import re
+
 import pytest
 import torch
 from conftest import TINY_CFG
 
 from config import load_config
-from runtime import init_runtime, shutdown_runtime
+from runtime import compile_for_inference, init_runtime, shutdown_runtime
 
 
 @pytest.fixture
@@ -24,3 +26,29 @@ def test_tf32_follows_the_config_key_so_fp32_runs_stay_fp32(allowed, restore_tf3
         assert rt.describe() == "device cpu, rank 0 of 1, precision fp32"
     finally:
         shutdown_runtime(rt)
+
+
+def _tiny_model() -> torch.nn.Module:
+    from models import build_model
+
+    torch.manual_seed(0)
+    return build_model(load_config(TINY_CFG))
+
+
+def test_compiled_inference_is_the_eager_model_within_1e_5_and_its_time_is_logged():
+    model, lines = _tiny_model(), []
+    images = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    compiled = compile_for_inference(model, images, "on", lines.append)
+    assert compiled is not model and model.training is False
+    assert len(lines) == 1 and re.fullmatch(r"compiled the model for inference in \d+\.\ds .*", lines[0]), lines
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(images * 2), model(images * 2), atol=1e-5, rtol=0)
+
+
+def test_a_failing_compile_falls_back_to_the_eager_model_with_one_line_and_cpu_auto_stays_eager():
+    model, lines = _tiny_model(), []
+    images = torch.randn(2, 3, 32, 32)
+    assert compile_for_inference(model, images, "on", lines.append, backend="no_such_backend") is model
+    assert len(lines) == 1 and lines[0].startswith("torch.compile failed (") and "running the model eagerly" in lines[0]
+    assert compile_for_inference(model, images, "auto", lines.append) is model and len(lines) == 1
+    assert compile_for_inference(model, images, "off", lines.append) is model and len(lines) == 1
