@@ -3,7 +3,6 @@
 import contextlib
 import copy
 import logging
-import math
 import signal
 import time
 from dataclasses import dataclass, field
@@ -37,11 +36,18 @@ class ModelEma:
         self.frozen = {name for name, param in model.named_parameters() if not param.requires_grad}
 
     @torch.no_grad()
-    def update(self) -> None:
+    def update(self, stepped: Optional[torch.Tensor] = None) -> None:
+        """Move towards the model by 1 - decay; by nothing where `stepped` (a device 0/1 flag) is 0."""
         source = self.source.state_dict()
         pairs = [(ema, source[name]) for name, ema in self.module.state_dict().items()
                  if ema.dtype.is_floating_point and name not in self.frozen]
-        torch._foreach_lerp_([ema for ema, _ in pairs], [new for _, new in pairs], 1.0 - self.decay)
+        averages, news = [ema for ema, _ in pairs], [new for _, new in pairs]
+        if stepped is None:
+            torch._foreach_lerp_(averages, news, 1.0 - self.decay)
+            return
+        moves = torch._foreach_sub(news, averages)
+        torch._foreach_mul_(moves, (stepped * (1.0 - self.decay)).to(averages[0].dtype))
+        torch._foreach_add_(averages, moves)
 
 
 @dataclass
@@ -64,14 +70,31 @@ class TrainContext:
     stop_signal: Callable[[], int] = lambda: 0
     ema: Optional[ModelEma] = None
     metrics: Optional[MetricsWriter] = None
-    nonfinite_run: int = 0
-    window_nonfinite: int = 0
     totals: dict = field(default_factory=dict)
     meters: dict = field(default_factory=dict)
+    device_sums: Optional["DeviceSums"] = None
 
 
 # Sums that make up an epoch's figures; a mid-epoch checkpoint carries them so a resumed epoch reports the whole.
 EPOCH_TOTALS = ("loss_sum", "loss_count", "grad_norm_sum", "grad_norm_count", "skipped_steps", "images", "seconds")
+
+
+class DeviceSums:
+    """What the steps since the last log line add up to, kept on the device so those steps never wait for it.
+
+    `flush` reads it once (a logging step, a checkpoint, the epoch's end). It also carries the current
+    accumulation window's non-finite flag and the run of non-finite updates in a row, with the first
+    step at which that run reached the limit.
+    """
+
+    def __init__(self, device: torch.device) -> None:
+        self.sums = torch.zeros(5, dtype=torch.float64, device=device)  # loss, count, norm, norm count, skipped
+        self.window_nonfinite = torch.zeros((), device=device)
+        self.run = torch.zeros((), dtype=torch.int64, device=device)
+        self.diverged_at = torch.full((), -1, dtype=torch.int64, device=device)
+        self.last = torch.zeros(2, device=device)  # the last batch's loss, the last update's gradient norm
+        self.agreed_signal = torch.zeros((), device=device)
+        self.images, self.since = 0, time.time()
 
 
 def _grad_norm(parameters: list[torch.Tensor], clip: float) -> torch.Tensor:
@@ -80,33 +103,106 @@ def _grad_norm(parameters: list[torch.Tensor], clip: float) -> torch.Tensor:
         return torch.nn.utils.clip_grad_norm_(parameters, clip)
     grads = [p.grad for p in parameters if p.grad is not None]
     return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads])) if grads else \
-        torch.zeros(())
+        torch.zeros((), device=parameters[0].device if parameters else None)
 
 
-def _agree_on_step(ctx: TrainContext) -> tuple[bool, int]:
-    """One collective per optimizer step: whether every rank's losses of the window were finite, and the signal
-    any rank received (0 when none), the same on every rank."""
+def _agree_on_window(ctx: TrainContext) -> torch.Tensor:
+    """Whether any rank's losses of the window were non-finite, agreed by one small collective that nobody waits
+    for; the stop signal travels in the same tensor and is read at the next flush."""
+    sums = ctx.device_sums
     if not ctx.rt.is_distributed:
-        return ctx.window_nonfinite == 0, ctx.stop_signal()
-    flags = torch.tensor([float(ctx.window_nonfinite), float(ctx.stop_signal())], device=ctx.rt.device)
-    bad, signum = ctx.rt.all_reduce_sum(flags).tolist()
-    return bad == 0, int(signum and (ctx.stop_signal() or signal.SIGTERM))
+        return sums.window_nonfinite > 0
+    flags = torch.stack([sums.window_nonfinite, torch.full((), float(ctx.stop_signal()), device=ctx.rt.device)])
+    flags = ctx.rt.all_reduce_sum(flags)
+    sums.agreed_signal = torch.maximum(sums.agreed_signal, flags[1])
+    return flags[0] > 0
 
 
-def _optimizer_step(ctx: TrainContext, loss_finite: bool) -> tuple[float, bool]:
-    """Unscale, clip and step, then zero the gradients; skip the update when a loss or gradient is not finite.
+def _zero_momentum_before_first_step(optimizer: torch.optim.SGD) -> None:
+    """Give fused SGD zero momentum buffers before its first step: a first step it skips on the device would
+    otherwise leave them uninitialised; zero gives the same first update (momentum x 0 + gradient)."""
+    for group in optimizer.param_groups:
+        if group["momentum"]:
+            for param in group["params"]:
+                state = optimizer.state[param]
+                if state.get("momentum_buffer") is None:
+                    state["momentum_buffer"] = torch.zeros_like(param, memory_format=torch.preserve_format)
 
-    Returns the gradient norm and whether the weights were updated.
-    """
+
+def _apply_update(ctx: TrainContext, skip: torch.Tensor) -> None:
+    """Step the optimizer unless `skip` (a device flag). The loss scaler and the fused optimizers skip on the
+    device; foreach optimizers cannot, and read the flag (the one host synchronisation left on their path)."""
+    optimizer = ctx.optimizer
+    if isinstance(optimizer, torch.optim.SGD) and optimizer.defaults.get("fused"):
+        _zero_momentum_before_first_step(optimizer)
+    if ctx.scaler.is_enabled():
+        ctx.scaler.step(optimizer)  # skips on its own overflow check of the unscaled gradients
+    elif optimizer.defaults.get("fused"):
+        optimizer.found_inf = skip.float()
+        try:
+            optimizer.step()
+        finally:
+            del optimizer.found_inf
+    elif not bool(skip):
+        optimizer.step()
+    ctx.scaler.update()
+    optimizer.zero_grad(set_to_none=True)
+
+
+def _end_of_window(ctx: TrainContext, index: int) -> None:
+    """The optimizer step that closes an accumulation window, skipped when a loss or gradient is not finite;
+    its accounting stays on the device."""
+    sums = ctx.device_sums
+    loss_nonfinite = _agree_on_window(ctx)
+    sums.window_nonfinite = torch.zeros_like(sums.window_nonfinite)
     params = [p for p in ctx.model.parameters() if p.requires_grad]
     ctx.scaler.unscale_(ctx.optimizer)
-    norm = float(_grad_norm(params, ctx.clip_grad))
-    stepped = loss_finite and math.isfinite(norm)
-    if stepped:
-        ctx.scaler.step(ctx.optimizer)
-    ctx.scaler.update()
-    ctx.optimizer.zero_grad(set_to_none=True)
-    return norm, stepped
+    norm = _grad_norm(params, ctx.clip_grad).float()
+    skip = loss_nonfinite | ~torch.isfinite(norm)
+    _apply_update(ctx, skip)
+    stepped = (~skip).double()
+    if ctx.ema is not None:
+        ctx.ema.update(stepped)
+    sums.sums += torch.stack([torch.zeros_like(stepped), torch.zeros_like(stepped),
+                              torch.where(skip, 0.0, norm.double()), stepped, 1.0 - stepped])
+    sums.last[1] = norm
+    # An fp16 overflow with finite losses is the loss scaler's routine skip and does not count towards divergence.
+    counts = skip & loss_nonfinite if ctx.scaler.is_enabled() else skip
+    sums.run = (sums.run + 1) * counts
+    sums.diverged_at = torch.where((sums.run >= ctx.max_nonfinite) & (sums.diverged_at < 0), index,
+                                   sums.diverged_at)
+
+
+def flush(ctx: TrainContext, epoch: int) -> int:
+    """Add the device sums since the last flush to `ctx.totals` and the meters (one host synchronisation), and stop
+    training when the non-finite run reached the limit. Returns the agreed stop signal (0 when none)."""
+    sums = ctx.device_sums
+    if sums is None:
+        return 0
+    ctx.rt.synchronize()
+    now = time.time()
+    values = torch.cat([sums.sums, sums.last.double(), torch.stack([sums.run, sums.diverged_at]).double(),
+                        sums.agreed_signal.double().view(1)]).tolist()
+    loss_sum, loss_count, norm_sum, norm_count, skipped, last_loss, last_norm, run, diverged_at, signum = values
+    sums.sums.zero_()
+    for key, value in zip(("loss_sum", "loss_count", "grad_norm_sum", "grad_norm_count", "skipped_steps"),
+                          (loss_sum, loss_count, norm_sum, norm_count, skipped)):
+        ctx.totals[key] += value
+    ctx.totals["images"] += sums.images
+    ctx.totals["seconds"] += now - sums.since
+    ctx.meters.update(loss=last_loss, grad_norm=last_norm, img_s=sums.images / max(now - sums.since, 1e-9),
+                      loss_scale=float(ctx.scaler.get_scale()) if ctx.scaler.is_enabled() else 1.0)
+    sums.images, sums.since = 0, now
+    if skipped:
+        what = "fp16 gradient overflow (loss scale lowered)" if ctx.scaler.is_enabled() and not run else \
+            "a non-finite loss or gradient"
+        ctx.logger.warning(f"epoch {epoch}: {skipped:.0f} update(s) skipped since the last line: {what}")
+    if diverged_at >= 0:
+        raise DivergedError(
+            f"loss was non-finite for {ctx.max_nonfinite} steps in a row up to epoch {epoch} step {diverged_at:.0f}; "
+            "lower TRAIN.BASE_LR or raise TRAIN.CLIP_GRAD and resume from the last checkpoint"
+        )
+    return int(signum and (ctx.stop_signal() or signal.SIGTERM))
 
 
 def _log_progress(ctx: TrainContext, epoch: int, step: int, total: int, done: int, started: float) -> None:
@@ -127,35 +223,8 @@ def _log_progress(ctx: TrainContext, epoch: int, step: int, total: int, done: in
         ctx.metrics.scalars(values, epoch * total + step + 1, "train")
 
 
-def _end_of_window(ctx: TrainContext, epoch: int, index: int, total: int) -> Optional[int]:
-    """The optimizer step that closes an accumulation window. Returns the stop signal agreed by all ranks."""
-    loss_finite, signum = _agree_on_step(ctx)
-    ctx.window_nonfinite = 0
-    norm, stepped = _optimizer_step(ctx, loss_finite)
-    if stepped:
-        ctx.nonfinite_run = 0
-        if ctx.ema is not None:
-            ctx.ema.update()
-        ctx.totals["grad_norm_sum"] += norm
-        ctx.totals["grad_norm_count"] += 1
-    else:
-        ctx.totals["skipped_steps"] += 1
-        _track_nonfinite(ctx, loss_finite, epoch, index)
-    # The rate of the next update: update k runs at schedule(k), as in timm's train.py (the reference sets
-    # schedule(k - 1), one update late, so its warm-up reaches BASE_LR one update after the warm-up ends).
-    ctx.scheduler.step_update((epoch * total + index + 1) // ctx.accumulation_steps)
-    if ctx.metrics is not None:  # every step's lr, for plots that show the warm-up
-        ctx.metrics.scalars({"lr_step": max(g["lr"] for g in ctx.optimizer.param_groups)}, epoch * total + index + 1)
-    ctx.meters["grad_norm"] = norm
-    ctx.meters["loss_scale"] = float(ctx.scaler.get_scale()) if ctx.scaler.is_enabled() else 1.0
-    return signum
-
-
-def _train_batch(ctx: TrainContext, batch: tuple, index: int, epoch: int, total: int) -> tuple[float, int, bool]:
-    """Forward and backward one batch; step the optimizer at the end of each accumulation window.
-
-    Returns the loss, the batch size and whether this batch closed a window.
-    """
+def _train_batch(ctx: TrainContext, batch: tuple, index: int) -> bool:
+    """Forward and backward one batch, its loss added to the device sums. Returns whether it closes a window."""
     # targets: class labels, or SimMIM's masks
     images, targets = batch[0].to(ctx.rt.device, non_blocking=True), batch[1].to(ctx.rt.device, non_blocking=True)
     if ctx.mixup_fn is not None:
@@ -167,9 +236,13 @@ def _train_batch(ctx: TrainContext, batch: tuple, index: int, epoch: int, total:
     with (contextlib.nullcontext() if sync else ctx.model.no_sync()), ctx.rt.autocast():
         loss = ctx.model(images, targets) if ctx.criterion is None else ctx.criterion(ctx.model(images), targets)
     ctx.scaler.scale(loss / ctx.accumulation_steps).backward()
-    value = loss.item()
-    ctx.window_nonfinite += not math.isfinite(value)
-    return value, images.shape[0], is_step
+    sums, value, size = ctx.device_sums, loss.detach().float(), images.shape[0]
+    finite = torch.isfinite(value)
+    sums.sums[:2] += torch.stack([torch.where(finite, value * size, 0.0), finite * float(size)]).double()
+    sums.window_nonfinite = sums.window_nonfinite + ~finite
+    sums.last[0] = value
+    sums.images += size
+    return is_step
 
 
 def train_one_epoch(ctx: TrainContext, loader: Iterable, epoch: int, start_batch: int = 0,
@@ -178,34 +251,39 @@ def train_one_epoch(ctx: TrainContext, loader: Iterable, epoch: int, start_batch
 
     `totals` are the running sums of the batches before `start_batch` (from a mid-epoch checkpoint).
     After every optimizer step `ctx.step_hook(epoch, batches_done, signal)` runs (mid-epoch
-    checkpoints, preemption). Returns the mean loss and grad norm over the finite steps, the last
-    lr, the skipped (non-finite) steps and images/s.
+    checkpoints, preemption). Only logging steps (every `print_freq` batches) and the epoch's end
+    wait for the device: the figures of the steps between stay there (`DeviceSums`), and so does the
+    choice to skip a non-finite update. Returns the mean loss and grad norm over the finite steps,
+    the last lr, the skipped (non-finite) steps and images/s.
     """
     ctx.model.train()
     ctx.meters = {"loss": 0.0, "grad_norm": 0.0, "loss_scale": 1.0, "img_s": 0.0}
     ctx.totals = {key: 0 for key in EPOCH_TOTALS} | (totals or {})
-    ctx.window_nonfinite = 0
+    ctx.device_sums = DeviceSums(ctx.rt.device)
     total = start_batch + len(loader)
     started = time.time()
     ctx.optimizer.zero_grad(set_to_none=True)
     for index, batch in enumerate(loader, start=start_batch):
         if batch is None:
             continue
-        tick = time.time()
-        loss, size, closes_window = _train_batch(ctx, batch, index, epoch, total)
-        signum = _end_of_window(ctx, epoch, index, total) if closes_window else None
-        ctx.rt.synchronize()
-        elapsed = time.time() - tick
-        ctx.totals["images"] += size
-        ctx.totals["seconds"] += elapsed
-        if math.isfinite(loss):
-            ctx.totals["loss_sum"] += loss * size
-            ctx.totals["loss_count"] += size
-        ctx.meters.update(loss=loss, img_s=size / max(elapsed, 1e-9))
-        if index % ctx.print_freq == 0 or index == total - 1:
+        closes_window = _train_batch(ctx, batch, index)
+        if closes_window:
+            _end_of_window(ctx, index)
+            # The rate of the next update: update k runs at schedule(k), as in timm's train.py (the reference sets
+            # schedule(k - 1), one update late, so its warm-up reaches BASE_LR one update after the warm-up ends).
+            ctx.scheduler.step_update((epoch * total + index + 1) // ctx.accumulation_steps)
+            if ctx.metrics is not None:  # every step's lr, for plots that show the warm-up
+                ctx.metrics.scalars({"lr_step": max(g["lr"] for g in ctx.optimizer.param_groups)},
+                                    epoch * total + index + 1)
+        logs = index % ctx.print_freq == 0 or index == total - 1
+        signum = flush(ctx, epoch) if logs else 0
+        if logs:
             _log_progress(ctx, epoch, index, total, index - start_batch + 1, started)
-        if signum is not None and ctx.step_hook is not None:
+        if not ctx.rt.is_distributed:
+            signum = ctx.stop_signal()
+        if closes_window and ctx.step_hook is not None:
             ctx.step_hook(epoch, index + 1, signum)
+    flush(ctx, epoch)
     return epoch_figures(ctx)
 
 
@@ -220,24 +298,6 @@ def epoch_figures(ctx: TrainContext) -> dict:
         "train_img_s": sums["images"] / max(sums["seconds"], 1e-9),
         "train_s": float(sums["seconds"]),
     }
-
-
-def _track_nonfinite(ctx: TrainContext, loss_finite: bool, epoch: int, index: int) -> None:
-    """Log a skipped step; stop training after `max_nonfinite` non-finite steps in a row.
-
-    An fp16 gradient overflow with finite losses is the loss scaler's routine skip and does not count.
-    """
-    if loss_finite and ctx.scaler.is_enabled():
-        ctx.logger.info(f"epoch {epoch} step {index}: fp16 gradient overflow, update skipped, loss scale lowered")
-        return
-    ctx.nonfinite_run += 1
-    what = "loss" if not loss_finite else "gradient"
-    ctx.logger.warning(f"epoch {epoch} step {index}: non-finite {what}, update skipped ({ctx.nonfinite_run} in a row)")
-    if ctx.nonfinite_run >= ctx.max_nonfinite:
-        raise DivergedError(
-            f"loss was non-finite for {ctx.nonfinite_run} steps in a row up to epoch {epoch} step {index}; "
-            "lower TRAIN.BASE_LR or raise TRAIN.CLIP_GRAD and resume from the last checkpoint"
-        )
 
 
 @torch.no_grad()

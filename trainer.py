@@ -257,6 +257,8 @@ class Training:
 
     def save(self, epoch: int, batches: int, is_best: bool = False) -> str:
         """Checkpoint on rank 0 at (epoch to run, batches of it done), with every rank's RNG; all ranks wait for it."""
+        if batches:  # a mid-epoch checkpoint carries the epoch's sums, some of which are still on the device
+            engine.flush(self.ctx, epoch)
         rng = self.rt.all_gather_object(self.rt.rng_state())
         path = ""
         if self.rt.is_main:

@@ -106,3 +106,22 @@ def test_a_resumed_epoch_reports_the_whole_epoch():
 def _ctx(model: torch.nn.Module = None) -> engine.TrainContext:
     model = model or Scripted()
     return context(model, torch.optim.SGD(model.parameters(), lr=0.1))
+
+
+def test_steps_that_do_not_log_never_wait_for_the_device_and_still_skip_non_finite_updates(monkeypatch):
+    """Fused AdamW without a loss scaler (the bf16 / fp32 GPU path): the loss, the gradient norm and the choice to
+    skip a non-finite update stay on the device; the host reads them only at the two logging steps and the end."""
+    model = Scripted(nan_outputs={3})
+    optimizer = torch.optim.AdamW(model.parameters(), lr=0.1, fused=True)
+    ctx = context(model, optimizer)
+    ctx.print_freq, ctx.ema = 100, engine.ModelEma(model, 0.5)
+    reads = []
+    for name in ("item", "tolist", "__bool__", "__float__", "__int__"):
+        original = getattr(torch.Tensor, name)
+        monkeypatch.setattr(torch.Tensor, name, lambda self, *a, _f=original, _n=name: reads.append(_n) or _f(self, *a))
+    stats = engine.train_one_epoch(ctx, batches(8), epoch=0)
+    monkeypatch.undo()
+    assert reads == ["tolist"] * 3, reads  # index 0 and index 7 log; the epoch's end flushes
+    assert stats["skipped_steps"] == 1.0 and torch.isfinite(model.linear.weight).all()
+    assert int(optimizer.state[model.linear.weight]["step"]) == 7  # the skipped update did not count
+    assert torch.isfinite(ctx.ema.module.linear.weight).all()
