@@ -1,13 +1,18 @@
-"""Swin-T (or SwinV2-T) images/s of this project's model beside timm's and torchvision's, in one process.
+"""Swin-T (or SwinV2-T) beside timm and torchvision, in one process: inference, the --throughput path, a training
+step and the training loader.
 
     python benchmarks/bench_swin.py [--family v1|v2] [--rounds 5] [--device cpu] [--modes infer_fp32,...]
 
 v1: Swin-T at 224 against timm's swin_tiny_patch4_window7_224 (with and without its fused
 attention) and torchvision's swin_t. v2: SwinV2-T window 8 at 256 against timm's
-swinv2_tiny_window8_256 and torchvision's swin_v2_t. Rows: inference at batch 16 in fp32 and
-bf16 (autocast), and a training step at batch 8 (forward, backward, AdamW). Each round times
+swinv2_tiny_window8_256 and torchvision's swin_v2_t. Rows: eager inference at batch 16 (--batch)
+in fp32 and bf16 (autocast); `throughput`: our default --throughput path (runtime.compile_for_inference
+with TEST.COMPILE auto: compiled on CUDA, eager on CPU) against timm's benchmark.py defaults
+(the eager model, no AMP) at the same batch and dtype; a training step at batch 8 (forward,
+backward, AdamW); `loader`: the training loader's images per CPU-second on the real ImageNet
+photos (benchmarks/bench_loader.py; ours with DATA.TRANSFORM_BACKEND torch). Each round times
 every model once per mode, interleaved, so drifts in machine speed hit all models alike; the
-figure is the median over rounds. Prints img/s and the ratios ours/timm and ours/torchvision.
+figure is the median over rounds. The last column is ours over the best of the others.
 """
 
 import argparse
@@ -24,8 +29,11 @@ import torchvision
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from bench_loader import loader_rates  # noqa: E402
+
 from config import load_config  # noqa: E402
 from models import build_model  # noqa: E402
+from runtime import compile_for_inference  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -82,9 +90,9 @@ def time_step(step: Callable[[], None], iterations: int, device: torch.device) -
     return (time.perf_counter() - started) / iterations
 
 
-def run_mode(mode: str, models: dict, size: int, device: torch.device, rounds: int,
-             iterations: int) -> dict[str, float]:
-    batch = 8 if mode.startswith("train") else 16
+def run_mode(mode: str, models: dict, size: int, device: torch.device, rounds: int, iterations: int,
+             batch: int = 16) -> dict[str, float]:
+    batch = 8 if mode.startswith("train") else batch
     generator = torch.Generator().manual_seed(0)
     images = torch.randn(batch, 3, size, size, generator=generator).to(device)
     targets = torch.randint(0, 1000, (batch,), generator=generator).to(device)
@@ -92,6 +100,8 @@ def run_mode(mode: str, models: dict, size: int, device: torch.device, rounds: i
     for name, model in models.items():
         if mode == "train_fp32":
             steps[name] = training_step(model, images, targets)
+        elif mode == "throughput" and name == "ours":  # what main.py --throughput runs by default
+            steps[name] = inference_step(compile_for_inference(model, images, "auto", print), images, None)
         else:
             steps[name] = inference_step(model, images, torch.bfloat16 if mode == "infer_bf16" else None)
     seconds: dict[str, list[float]] = {name: [] for name in models}
@@ -101,27 +111,45 @@ def run_mode(mode: str, models: dict, size: int, device: torch.device, rounds: i
     return {name: batch / statistics.median(values) for name, values in seconds.items()}
 
 
+def print_row(mode: str, rates: dict[str, float], columns: list[str], not_peers: tuple[str, ...] = ()) -> None:
+    """img/s per column (blank where a column has no figure) and ours over the best of the others (but
+    `not_peers`, which are shown only)."""
+    best = max(rate for name, rate in rates.items() if name != "ours" and name not in not_peers)
+    cells = "".join(f"{rates[name]:>13.1f}" if name in rates else f"{'':>13}" for name in columns)
+    print(f"{mode:<12}{cells}{rates['ours'] / best:>12.2f}", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--family", choices=("v1", "v2"), default="v1")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--iterations", type=int, default=2)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--modes", default="infer_fp32,infer_bf16,train_fp32")
+    parser.add_argument("--modes", default="infer_fp32,infer_bf16,throughput,train_fp32,loader")
+    parser.add_argument("--loader-batches", type=int, default=6)
+    parser.add_argument("--batch", type=int, default=16, help="inference batch (the training step uses 8)")
     args = parser.parse_args()
     device = torch.device(args.device)
     models, size = build_models(args.family)
     models = {name: model.to(device) for name, model in models.items()}
+    columns = list(models) + ["tv_tensor"]
     print(f"Swin {args.family} at {size}px: torch {torch.__version__}, timm {timm.__version__}, torchvision "
           f"{torchvision.__version__}, device {device}, threads {torch.get_num_threads()}, rounds {args.rounds} x "
           f"{args.iterations} iterations")
-    print(f"{'mode':<12}" + "".join(f"{name:>13}" for name in models) + f"{'ours/timm*':>12}{'ours/tv':>9}")
+    print(f"{'mode':<12}" + "".join(f"{name:>13}" for name in columns) + f"{'ours/best':>12}")
+    threads = torch.get_num_threads()
     for mode in args.modes.split(","):
-        rates = run_mode(mode, models, size, device, args.rounds, args.iterations)
-        best_timm = max(rates["timm"], rates.get("timm_fused", 0.0))
-        print(f"{mode:<12}" + "".join(f"{rate:>13.1f}" for rate in rates.values())
-              + f"{rates['ours'] / best_timm:>12.2f}{rates['ours'] / rates['torchvision']:>9.2f}", flush=True)
-    print("img/s; timm* = the faster timm model in the row; tv = torchvision")
+        if mode == "loader":  # one core: ours (torch backend), timm, torchvision on PIL images and on tensors
+            rates = loader_rates(args.rounds, args.loader_batches, ("ours_torch", "timm", "tv_pil", "tv_tensor"))
+            torch.set_num_threads(threads)
+            rates = {"ours": rates.pop("ours_torch"), "timm": rates["timm"], "torchvision": rates["tv_pil"],
+                     "tv_tensor": rates["tv_tensor"]}
+            print_row("loader/core", rates, columns, not_peers=("tv_tensor",))
+            continue
+        print_row(mode, run_mode(mode, models, size, device, args.rounds, args.iterations, args.batch), columns)
+    print("img/s (loader: images per CPU-second); timm = without, timm_fused = with its fused attention; tv_tensor =\n"
+          "torchvision's loader on decoded tensors, whose RandAugment warps bilinearly (not the paper's bicubic):\n"
+          "shown, not counted in ours/best")
 
 
 if __name__ == "__main__":
