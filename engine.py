@@ -263,6 +263,7 @@ def train_one_epoch(ctx: TrainContext, loader: Iterable, epoch: int, start_batch
     total = start_batch + len(loader)
     started = time.time()
     ctx.optimizer.zero_grad(set_to_none=True)
+    agreed_signal = 0  # under DDP: a stop signal read at a logging step, acted on at the next window's end
     for index, batch in enumerate(loader, start=start_batch):
         if batch is None:
             continue
@@ -275,14 +276,11 @@ def train_one_epoch(ctx: TrainContext, loader: Iterable, epoch: int, start_batch
             if ctx.metrics is not None:  # every step's lr, for plots that show the warm-up
                 ctx.metrics.scalars({"lr_step": max(g["lr"] for g in ctx.optimizer.param_groups)},
                                     epoch * total + index + 1)
-        logs = index % ctx.print_freq == 0 or index == total - 1
-        signum = flush(ctx, epoch) if logs else 0
-        if logs:
+        if index % ctx.print_freq == 0 or index == total - 1:
+            agreed_signal = flush(ctx, epoch) or agreed_signal
             _log_progress(ctx, epoch, index, total, index - start_batch + 1, started)
-        if not ctx.rt.is_distributed:
-            signum = ctx.stop_signal()
         if closes_window and ctx.step_hook is not None:
-            ctx.step_hook(epoch, index + 1, signum)
+            ctx.step_hook(epoch, index + 1, agreed_signal if ctx.rt.is_distributed else ctx.stop_signal())
     flush(ctx, epoch)
     return epoch_figures(ctx)
 

@@ -100,7 +100,11 @@ class TorchRandomResizedCrop(RandomResizedCropAndInterpolation):
 
     def decode(self, source: io.BytesIO | str) -> PlannedCrop:
         """Decode an image file for this crop: the crop is drawn from the header before the pixels are read."""
-        data = source.getvalue() if isinstance(source, io.BytesIO) else open(source, "rb").read()
+        if isinstance(source, io.BytesIO):
+            data = source.getvalue()
+        else:
+            with open(source, "rb") as file:
+                data = file.read()
         header = jpeg_header(data)
         if header is not None and header[2] in (1, 3) and header[0] * header[1] <= Image.MAX_IMAGE_PIXELS:
             crop, interpolation = self._draw(torch.empty(()).expand(1, header[1], header[0]))  # the size only

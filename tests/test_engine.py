@@ -125,3 +125,24 @@ def test_steps_that_do_not_log_never_wait_for_the_device_and_still_skip_non_fini
     assert stats["skipped_steps"] == 1.0 and torch.isfinite(model.linear.weight).all()
     assert int(optimizer.state[model.linear.weight]["step"]) == 7  # the skipped update did not count
     assert torch.isfinite(ctx.ema.module.linear.weight).all()
+
+
+def test_under_ddp_a_stop_signal_read_at_a_logging_step_reaches_the_next_window_end(tmp_path):
+    """Logging steps (even batches here) never close an accumulation window (odd batches): the signal agreed at
+    one still stops training at the next window's end."""
+    import signal
+
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'rendezvous'}", rank=0, world_size=1)
+    try:
+        model = Scripted()
+        ctx = context(model, torch.optim.SGD(model.parameters(), lr=0.1), accumulation=2)
+        ctx.rt = Runtime(torch.device("cpu"), world_size=2)  # a process group of one that takes the DDP paths
+        ctx.print_freq, ctx.stop_signal = 2, lambda: signal.SIGTERM
+        calls = []
+        ctx.step_hook = lambda epoch, done, signum: calls.append((done, signum))
+        engine.train_one_epoch(ctx, batches(8), epoch=0)
+    finally:
+        dist.destroy_process_group()
+    assert calls[0] == (2, 0) and calls[1] == (4, signal.SIGTERM), calls
