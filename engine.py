@@ -163,8 +163,7 @@ def _end_of_window(ctx: TrainContext, index: int) -> None:
     stepped = (~skip).double()
     if ctx.ema is not None:
         ctx.ema.update(stepped)
-    sums.sums += torch.stack([torch.zeros_like(stepped), torch.zeros_like(stepped),
-                              torch.where(skip, 0.0, norm.double()), stepped, 1.0 - stepped])
+    sums.sums[2:] += torch.stack([torch.where(skip, 0.0, norm.double()), stepped, 1.0 - stepped])
     sums.last[1] = norm
     # An fp16 overflow with finite losses is the loss scaler's routine skip and does not count towards divergence.
     counts = skip & loss_nonfinite if ctx.scaler.is_enabled() else skip
