@@ -35,7 +35,7 @@ sys.path.insert(0, ROOT)
 from config import load_config  # noqa: E402
 from data.datasets import ImageFolderDataset  # noqa: E402
 from data.seeding import SeededSamples  # noqa: E402
-from data.transforms import build_transform, posterize_keeping_zero_bits  # noqa: E402
+from data.transforms import build_transform, fix_posterize  # noqa: E402
 
 SAMPLES = os.path.join(os.path.dirname(ROOT), "shared", "datasets", "imagenet-samples", "val")
 BATCH = 32
@@ -68,10 +68,7 @@ def timm_loader(paths: list[str]) -> DataLoader:
     dataset.transform = timm.data.create_transform(
         224, is_training=True, auto_augment="rand-m9-mstd0.5-inc1", re_prob=0.25, re_mode="pixel",
         interpolation="bicubic", color_jitter=0.4)
-    for step in dataset.transform.transforms:  # Pillow 13 raises at 0 bits; the same one-line fix as ours
-        for op in getattr(step, "ops", ()):
-            if op.aug_fn is timm.data.auto_augment.posterize:
-                op.aug_fn = posterize_keeping_zero_bits
+    fix_posterize(dataset.transform)  # Pillow 13 raises at 0 bits; the same fix as ours
     return DataLoader(dataset, batch_size=BATCH, sampler=_InOrder(dataset.reader.samples, paths))
 
 

@@ -217,7 +217,7 @@ translate_x_rel = _one_dimensional(timm_auto_augment.translate_x_rel, False,
                                    lambda img, pct, lines: torch.full_like(lines, pct * img.size[0]))
 translate_y_rel = _one_dimensional(timm_auto_augment.translate_y_rel, True,
                                    lambda img, pct, lines: torch.full_like(lines, pct * img.size[1]))
-_ONE_DIMENSIONAL_OPS = {
+ONE_DIMENSIONAL_OPS = {  # timm's op -> its one-dimensional version above
     timm_auto_augment.shear_x: shear_x,
     timm_auto_augment.shear_y: shear_y,
     timm_auto_augment.translate_x_rel: translate_x_rel,
@@ -226,14 +226,12 @@ _ONE_DIMENSIONAL_OPS = {
 
 
 def use_torch_backend(transform: transforms.Compose) -> TorchBackendCompose:
-    """The training transform with its RandomResizedCrop and RandAugment shear and translate ops swapped for
-    the torch versions above, every setting and random draw kept."""
+    """The training transform with its RandomResizedCrop swapped for TorchRandomResizedCrop, every setting and
+    random draw kept (build_transform also points RandAugment at ONE_DIMENSIONAL_OPS)."""
     steps = list(transform.transforms)
     for i, step in enumerate(steps):
         if isinstance(step, RandomResizedCropAndInterpolation):
             swapped = TorchRandomResizedCrop(step.size, step.scale, step.ratio)
             swapped.interpolation = step.interpolation
             steps[i] = swapped
-        for op in getattr(step, "ops", ()):
-            op.aug_fn = _ONE_DIMENSIONAL_OPS.get(op.aug_fn, op.aug_fn)
     return TorchBackendCompose(steps)

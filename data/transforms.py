@@ -11,7 +11,7 @@ from timm.data.transforms import MaybeToTensor, str_to_interp_mode
 from torchvision import transforms
 from yacs.config import CfgNode
 
-from data.fast_transforms import use_torch_backend
+from data.fast_transforms import ONE_DIMENSIONAL_OPS, use_torch_backend
 
 
 def posterize_keeping_zero_bits(img: Image.Image, bits_to_keep: int, **_: object) -> Image.Image:
@@ -27,12 +27,17 @@ def posterize_keeping_zero_bits(img: Image.Image, bits_to_keep: int, **_: object
     return ImageOps.posterize(img, bits_to_keep)
 
 
-def _fix_posterize(transform: transforms.Compose) -> None:
-    """Point every Posterize op of the transform's RandAugment at `posterize_keeping_zero_bits`."""
+def replace_augment_ops(transform: transforms.Compose, replacements: dict[Callable, Callable]) -> None:
+    """Point every RandAugment op of the transform whose function is a key of `replacements` at its value (timm's
+    sampling of ops and magnitudes is kept; only how an op computes changes)."""
     for step in transform.transforms:
         for op in getattr(step, "ops", ()):
-            if op.aug_fn is timm_auto_augment.posterize:
-                op.aug_fn = posterize_keeping_zero_bits
+            op.aug_fn = replacements.get(op.aug_fn, op.aug_fn)
+
+
+def fix_posterize(transform: transforms.Compose) -> None:
+    """Point every Posterize op of the transform's RandAugment at `posterize_keeping_zero_bits`."""
+    replace_augment_ops(transform, {timm_auto_augment.posterize: posterize_keeping_zero_bits})
 
 
 class ToNormalizedTensor:
@@ -97,10 +102,11 @@ def build_transform(is_train: bool, config: CfgNode) -> Callable:
             re_count=aug.RECOUNT,
             interpolation=config.DATA.INTERPOLATION,
         )
-        _fix_posterize(transform)
+        fix_posterize(transform)
         _one_pass_to_tensor(transform)
         if config.DATA.TRANSFORM_BACKEND == "torch":
             transform = use_torch_backend(transform)
+            replace_augment_ops(transform, ONE_DIMENSIONAL_OPS)
         if not resize_im and aug.SMALL_IMAGE_CROP == "pad":
             # The reference's CIFAR crop; images of another size are first brought to the configured one.
             transform.transforms[0:1] = [ResizeIfOtherSize(img_size), transforms.RandomCrop(img_size, padding=4)]
