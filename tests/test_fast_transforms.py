@@ -312,3 +312,14 @@ def test_a_run_with_the_torch_backend_learns_as_well_on_the_cifar10_zip(tmp_path
         assert lines[-1]["train_loss"] < lines[0]["train_loss"] - 0.03 and lines[-1]["val_top1"] >= 18.0, lines
     pil, fast = runs["pil"][-1], runs["torch"][-1]
     assert abs(pil["val_top1"] - fast["val_top1"]) <= 4.0 and abs(pil["train_loss"] - fast["train_loss"]) <= 0.02
+
+
+def test_a_rerun_may_switch_the_backend_compile_and_tf32_but_not_the_recipe():
+    """The backend keeps the draws, TEST.COMPILE and ALLOW_TF32 only how it computes: a rerun may change them, as
+    it may change the workers or AMP; a recipe key beside them is still reported."""
+    from run_folder import settings_differences
+
+    stored = load_config("tests/configs/tiny.yaml").dump()
+    current = load_config("tests/configs/tiny.yaml", ("DATA.TRANSFORM_BACKEND", "torch", "TEST.COMPILE", "on",
+                                                      "ALLOW_TF32", "True", "TRAIN.BASE_LR", "0.1"))
+    assert settings_differences(stored, current, 1, 1) == {"TRAIN.BASE_LR": (0.05, 0.1)}
