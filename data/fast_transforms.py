@@ -133,7 +133,9 @@ class TorchRandomResizedCrop(RandomResizedCropAndInterpolation):
         else:
             (i, j, h, w), interpolation = self._draw(img)
             crop = torch.from_numpy(np.array(img.crop((j, i, j + w, i + h))))  # h, w, C
-        crop = crop.permute(2, 0, 1).unsqueeze(0)  # 1, C, h, w (channels-last strides)
+        # 1, C, h, w stored channels-last: torch's uint8 kernels then resize in that layout and return it, so the
+        # result is already the H, W, C array PIL takes (a crop view of the image is not channels-last contiguous)
+        crop = crop.permute(2, 0, 1).unsqueeze(0).contiguous(memory_format=torch.channels_last)
         exact = interpolation == InterpolationMode.NEAREST
         resized = F.interpolate(crop, size=self.size, mode=interpolation.value, antialias=not exact)  # 1, C, H, W
         return Image.fromarray(resized[0].permute(1, 2, 0).contiguous().numpy())  # H, W, C
@@ -149,44 +151,60 @@ class TorchBackendCompose(transforms.Compose):
         return open_rgb(source)
 
 
-def resample_rows(pixels: torch.Tensor, offsets: torch.Tensor, fill: tuple[int, ...]) -> torch.Tensor:
+def resample_rows(pixels: torch.Tensor, offsets: torch.Tensor, fill: int) -> torch.Tensor:
     """Each row r resampled at x + offsets[r] as PIL's bicubic affine transform samples it.
 
+    Pixels are packed four bytes to an int32 (PIL's own RGBX layout), so the taps are gathered one word per
+    pixel and the fill is one word.
+
     Args:
-        pixels: R, L, C uint8.
+        pixels: R, L int32 packed pixels.
         offsets: R float64 shifts in pixels (positive reads from the right).
-        fill: the colour of outputs whose source lies outside the row.
+        fill: the packed colour of outputs whose source lies outside the row.
 
     Returns:
-        R, L, C uint8.
+        R, L int32 packed pixels.
     """
-    R, L, C = pixels.shape
+    R, L = pixels.shape
     shift = torch.floor(offsets)
     d = (offsets - shift).to(torch.float32).view(R, 1, 1)  # R, 1, 1 fraction of the shift
-    first = torch.arange(R)[:, None] * L  # R, 1 flat index of each row's first pixel
-    span = (torch.arange(-1, L + 2)[None, :] + shift.long()[:, None]).clamp_(0, L - 1) + first  # R, L+3 sources
-    taps = pixels.reshape(R * L, C).index_select(0, span.view(-1)).view(R, L + 3, C).float()  # R, L+3, C
-    out = taps[:, 1:L + 1] * (1 - 2 * d ** 2 + d ** 3)  # R, L, C: PIL's cubic with a = -1 over taps -1..2
+    first = torch.arange(0, R * L, L)[:, None]  # R, 1 flat index of each row's first pixel
+    span = (torch.arange(-1, L + 2)[None, :] + shift.long()[:, None]).clamp_(0, L - 1).add_(first)  # R, L+3
+    taps = pixels.reshape(R * L).index_select(0, span.view(-1)).view(torch.uint8).view(R, L + 3, 4).float()
+    out = taps[:, 1:L + 1] * (1 - 2 * d ** 2 + d ** 3)  # R, L, 4: PIL's cubic with a = -1 over taps -1..2
     out.addcmul_(taps[:, 0:L], -d * (1 - d) ** 2).addcmul_(taps[:, 2:L + 2], d * (1 + d - d ** 2))
     out.addcmul_(taps[:, 3:L + 3], -d ** 2 * (1 - d))
     source = torch.arange(L, dtype=torch.float64)[None, :] + 0.5 + offsets[:, None]  # R, L
     inside = (source >= 0) & (source < L)
-    values = torch.cat([out.clamp_(0, 255).to(torch.uint8).view(R * L, C), torch.tensor([fill], dtype=torch.uint8)])
-    pick = torch.where(inside, torch.arange(R * L).view(R, L), R * L)  # R, L: the pixel, or the fill row
-    return values.index_select(0, pick.view(-1)).view(R, L, C)
+    resampled = out.clamp_(0, 255).to(torch.uint8).view(torch.int32).view(R, L)
+    return torch.where(inside, resampled, torch.tensor(fill, dtype=torch.int32))
+
+
+def pack_rgb(img: Image.Image) -> torch.Tensor:
+    """H, W int32: an RGB image's pixels four bytes each (R, G, B, 0), as PIL keeps them."""
+    return torch.frombuffer(bytearray(img.tobytes("raw", "RGBX")), dtype=torch.int32).view(img.size[1], img.size[0])
+
+
+def unpack_rgb(pixels: torch.Tensor) -> Image.Image:
+    """The RGB image of H, W int32 packed pixels."""
+    return Image.frombytes("RGB", (pixels.shape[1], pixels.shape[0]), pixels.contiguous().numpy().tobytes(),
+                           "raw", "RGBX")
+
+
+def pack_colour(colour: tuple[int, ...]) -> int:
+    """An RGB colour as one packed pixel."""
+    return int(torch.tensor([*colour[:3], 0], dtype=torch.uint8).view(torch.int32))
 
 
 def _warp(img: Image.Image, along_columns: bool, offset: Callable[[torch.Tensor], torch.Tensor],
           fillcolor: tuple[int, ...]) -> Image.Image:
     """Resample every row (or column) r of the image at x + offset(r)."""
-    pixels = torch.from_numpy(np.array(img))  # H, W, C
+    pixels = pack_rgb(img)  # H, W
     if along_columns:
-        pixels = pixels.transpose(0, 1)  # W, H, C
+        pixels = pixels.t()  # W, H
     lines = torch.arange(pixels.shape[0], dtype=torch.float64)
-    out = resample_rows(pixels, offset(lines), tuple(fillcolor))
-    if along_columns:
-        out = out.transpose(0, 1)  # H, W, C
-    return Image.fromarray(out.contiguous().numpy())
+    out = resample_rows(pixels, offset(lines), pack_colour(tuple(fillcolor)))
+    return unpack_rgb(out.t() if along_columns else out)
 
 
 def _one_dimensional(pil_op: Callable, along_columns: bool, offset: Callable[[Image.Image, float, torch.Tensor],

@@ -23,11 +23,14 @@ from data.fast_transforms import (
     PlannedCrop,
     TorchRandomResizedCrop,
     jpeg_header,
+    pack_colour,
+    pack_rgb,
     resample_rows,
     shear_x,
     shear_y,
     translate_x_rel,
     translate_y_rel,
+    unpack_rgb,
 )
 from data.transforms import ToNormalizedTensor, build_transform
 from utils import DataError
@@ -87,10 +90,12 @@ def test_one_dimensional_warps_are_pils_bicubic_affine_within_a_grey_level(op, p
 
 
 def test_a_warp_that_moves_everything_out_is_all_fill_and_a_zero_shift_is_the_image():
-    pixels = torch.randint(0, 256, (9, 11, 3), dtype=torch.uint8)
-    assert torch.equal(resample_rows(pixels, torch.zeros(9, dtype=torch.float64), FILL), pixels)
-    gone = resample_rows(pixels, torch.full((9,), 20.0, dtype=torch.float64), FILL)
-    assert torch.equal(gone, torch.tensor(FILL, dtype=torch.uint8).expand(9, 11, 3))
+    img = Image.fromarray(np.random.default_rng(0).integers(0, 256, (9, 11, 3), dtype=np.uint8))
+    pixels = pack_rgb(img)
+    assert torch.equal(resample_rows(pixels, torch.zeros(9, dtype=torch.float64), pack_colour(FILL)), pixels)
+    gone = unpack_rgb(resample_rows(pixels, torch.full((9,), 20.0, dtype=torch.float64), pack_colour(FILL)))
+    assert np.array_equal(np.asarray(gone), np.broadcast_to(np.array(FILL, dtype=np.uint8), (9, 11, 3)))
+    assert np.array_equal(np.asarray(unpack_rgb(pixels)), np.asarray(img))
 
 
 def test_random_interpolation_draws_where_timm_draws_and_bilinear_is_pils():
