@@ -41,7 +41,8 @@ class SeededSamples(Dataset):
 
     In a worker process the global generators are the worker's own and are left seeded; in the
     main process (DATA.NUM_WORKERS 0) they are restored afterwards, so Mixup and drop path keep
-    their own stream.
+    their own stream. The DataLoader fetches a batch through `__getitems__`, which saves and restores
+    them once per batch (about 0.1 ms a time) rather than once per sample.
     """
 
     def __init__(self, dataset: Dataset, seed: int) -> None:
@@ -52,15 +53,20 @@ class SeededSamples(Dataset):
         return len(self.dataset)
 
     def __getitem__(self, key: tuple[int, int]) -> Any:
-        epoch, index = key
+        return self.__getitems__([key])[0]
+
+    def __getitems__(self, keys: list[tuple[int, int]]) -> list[Any]:
         if get_worker_info() is not None:
-            _seed_generators(sample_seed(self.seed, epoch, index))
-            return self.dataset[index]
+            return [self._seeded(key) for key in keys]
         saved = random.getstate(), np.random.get_state(), torch.random.default_generator.get_state()
         try:
-            _seed_generators(sample_seed(self.seed, epoch, index))
-            return self.dataset[index]
+            return [self._seeded(key) for key in keys]
         finally:
             random.setstate(saved[0])
             np.random.set_state(saved[1])
             torch.random.default_generator.set_state(saved[2])
+
+    def _seeded(self, key: tuple[int, int]) -> Any:
+        epoch, index = key
+        _seed_generators(sample_seed(self.seed, epoch, index))
+        return self.dataset[index]

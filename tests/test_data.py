@@ -2,6 +2,7 @@ import os
 import random
 import zipfile
 
+import numpy as np
 import pytest
 import torch
 from conftest import DATASETS, TINY_CFG, requires_dataset
@@ -13,6 +14,7 @@ from data import build_loader
 from data.datasets import DigitsDataset, ImageFolderDataset, ZipMapDataset, read_map_file
 from data.make_map import map_lines
 from data.samplers import ExactShardSampler, ShardRandomSampler
+from data.seeding import SeededSamples
 from data.transforms import build_transform, posterize_keeping_zero_bits
 from runtime import Runtime
 from utils import DataError
@@ -141,6 +143,36 @@ def test_paper_training_transform_runs_on_real_imagenet_photos():
     for i in range(400):
         out = transform(images[i % len(images)])
         assert out.shape == (3, 224, 224) and torch.isfinite(out).all()
+
+
+class _RandomDraws(torch.utils.data.Dataset):
+    """A sample is one draw from each global generator the augmentation uses."""
+
+    def __len__(self) -> int:
+        return 8
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        return torch.tensor([random.random(), float(np.random.rand()), torch.rand(()).item()], dtype=torch.float64)
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_seeded_samples_are_the_same_batched_alone_or_in_workers_and_leave_the_main_streams(workers):
+    samples = SeededSamples(_RandomDraws(), seed=5)
+    keys = [(1, i) for i in (3, 0, 7, 5, 2, 6)]
+    alone = torch.stack([samples[key] for key in keys])
+    random.seed(11)
+    np.random.seed(11)
+    torch.manual_seed(11)
+    main_streams = random.random(), float(np.random.rand()), torch.rand(()).item()
+    random.seed(11)
+    np.random.seed(11)
+    torch.manual_seed(11)
+    loader = torch.utils.data.DataLoader(samples, batch_size=3, sampler=keys, num_workers=workers,
+                                         generator=torch.Generator())  # its own draws off the main stream
+    batched = torch.cat(list(loader))
+    assert torch.equal(batched, alone)
+    assert (random.random(), float(np.random.rand()), torch.rand(()).item()) == main_streams
+    assert samples[(2, 3)].ne(samples[(1, 3)]).all() and samples[(1, 3)].ne(samples[(1, 4)]).all()
 
 
 def test_exact_shard_sampler_counts_every_index_once():
