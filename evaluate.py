@@ -11,7 +11,7 @@ import engine
 from checkpoint import load_pretrained, load_weights, reference_state
 from data import build_eval_loader, build_loader
 from evaluation import ClassTally
-from runtime import Runtime, compile_for_inference
+from runtime import Runtime, prepare_for_inference
 from trainer import new_model, with_num_classes
 from utils import DataError, UserError, load_checkpoint_file
 
@@ -29,7 +29,7 @@ def run_throughput(config: CfgNode, rt: Runtime, logger: logging.Logger) -> dict
     else:
         images = torch.randn(config.DATA.BATCH_SIZE, 3, config.DATA.IMG_SIZE, config.DATA.IMG_SIZE)
     choice = inference_compile_choice(config)
-    model = compile_for_inference(model, images.to(rt.device), choice, logger.info, rt.autocast)
+    model = prepare_for_inference(model, images.to(rt.device), choice, logger.info, rt.autocast)
     result = engine.throughput(model, images, rt)
     logger.info(f"throughput: {rt.describe()}, torch {torch.__version__}, compile {choice}, "
                 f"batch {int(result['batch_size'])}, {result['img_s']:.1f} img/s, "
@@ -69,7 +69,7 @@ def run_eval(config: CfgNode, rt: Runtime, logger: logging.Logger) -> dict:
     tally = ClassTally(classes, rt.device)
     size = config.DATA.IMG_SIZE
     example = torch.zeros(loader.batch_size or 1, 3, size, size, device=rt.device)
-    model = compile_for_inference(bare, example, inference_compile_choice(config), logger.info, rt.autocast)
+    model = prepare_for_inference(bare, example, inference_compile_choice(config), logger.info, rt.autocast)
     result = engine.validate(model, loader, rt, tally, logger, config.PRINT_FREQ)
     logger.info(f"eval on {int(result['count'])} images: {engine.describe(result, digits=3)}")
     if rt.is_main:

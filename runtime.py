@@ -20,6 +20,7 @@ import torch.distributed as dist
 from torch import nn
 from yacs.config import CfgNode
 
+from models.cpu_inference import onednn_linear_works, use_onednn_linears
 from utils import ConfigError, UserError, announce_user_error
 
 _AMP_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
@@ -224,14 +225,22 @@ def shutdown_runtime(rt: Runtime) -> None:
         dist.destroy_process_group()
 
 
-def compile_for_inference(model: nn.Module, example: torch.Tensor, choice: str, log: Callable[[str], None],
+def prepare_for_inference(model: nn.Module, example: torch.Tensor, choice: str, log: Callable[[str], None],
                           autocast: Callable[[], Any] = contextlib.nullcontext, backend: str = "inductor") -> nn.Module:
-    """The model for --eval, --throughput and predict, in eval mode: compiled where that pays (`choice` on, or auto
-    on CUDA; on CPU a compiled Swin-T ran no faster after 73 s of compiling), by one forward on `example` whose
-    time is logged; where compiling fails, the eager model, with a log line that says why.
+    """The model for --eval, --throughput and predict, in eval mode, on the fastest path measured for its device.
+
+    `choice` (TEST.COMPILE): on compiles it, by one forward on `example` whose time is logged (where compiling
+    fails, the eager model, with a log line that says why); auto compiles on CUDA and on a CPU swaps the linear
+    layers for oneDNN's kernel (models.cpu_inference: there a compiled Swin-T ran no faster after 73 s of
+    compiling, the oneDNN layers about 1.2x faster at once); off leaves the model as built.
     """
     model.eval()
-    if choice == "off" or (choice == "auto" and example.device.type != "cuda"):
+    if choice == "off":
+        return model
+    if choice == "auto" and example.device.type != "cuda":
+        if example.device.type == "cpu" and onednn_linear_works():
+            swapped = use_onednn_linears(model)
+            log(f"inference on CPU: {swapped} linear layers on oneDNN's kernel (TEST.COMPILE off keeps ATen's)")
         return model
     started = time.perf_counter()
     try:

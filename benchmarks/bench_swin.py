@@ -6,9 +6,11 @@ step and the training loader.
 v1: Swin-T at 224 against timm's swin_tiny_patch4_window7_224 (with and without its fused
 attention) and torchvision's swin_t. v2: SwinV2-T window 8 at 256 against timm's
 swinv2_tiny_window8_256 and torchvision's swin_v2_t. Rows: eager inference at batch 16 (--batch)
-in fp32 and bf16 (autocast); `throughput`: our default --throughput path (runtime.compile_for_inference
-with TEST.COMPILE auto: compiled on CUDA, eager on CPU) against timm's benchmark.py defaults
-(the eager model, no AMP) at the same batch and dtype; a training step at batch 8 (forward,
+in fp32 and bf16 (autocast), ours as --eval and predict run it (runtime.prepare_for_inference with
+TEST.COMPILE auto: on a CPU eager with oneDNN's linear kernel; ours_aten, the model as built, is shown
+and not counted); `throughput`: our default --throughput path (the same preparation: compiled on CUDA)
+against timm's benchmark.py defaults (the eager model, no AMP) at the same batch and dtype; on a CPU
+it is the fp32 row again; a training step at batch 8 (forward,
 backward, AdamW); `loader`: the training loader's images per CPU-second on the real ImageNet
 photos (benchmarks/bench_loader.py; ours with DATA.TRANSFORM_BACKEND torch). Each round times
 every model once per mode, interleaved, so drifts in machine speed hit all models alike; the
@@ -16,6 +18,7 @@ figure is the median over rounds. The last column is ours over the best of the o
 """
 
 import argparse
+import copy
 import os
 import statistics
 import sys
@@ -33,7 +36,7 @@ from bench_loader import loader_rates  # noqa: E402
 
 from config import load_config  # noqa: E402
 from models import build_model  # noqa: E402
-from runtime import compile_for_inference  # noqa: E402
+from runtime import prepare_for_inference  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -97,14 +100,17 @@ def run_mode(mode: str, models: dict, size: int, device: torch.device, rounds: i
     images = torch.randn(batch, 3, size, size, generator=generator).to(device)
     targets = torch.randint(0, 1000, (batch,), generator=generator).to(device)
     steps = {}
+    dtype = torch.bfloat16 if mode == "infer_bf16" else None
     for name, model in models.items():
         if mode == "train_fp32":
             steps[name] = training_step(model, images, targets)
-        elif mode == "throughput" and name == "ours":  # what main.py --throughput runs by default
-            steps[name] = inference_step(compile_for_inference(model, images, "auto", print), images, None)
-        else:
-            steps[name] = inference_step(model, images, torch.bfloat16 if mode == "infer_bf16" else None)
-    seconds: dict[str, list[float]] = {name: [] for name in models}
+            continue
+        if name == "ours":  # as --eval, predict and --throughput run it (prepared on a copy: it swaps layers)
+            prepared = prepare_for_inference(copy.deepcopy(model), images, "auto", lambda line: None)
+            steps[name] = inference_step(prepared, images, dtype)
+            name = "ours_aten"
+        steps[name] = inference_step(model, images, dtype)
+    seconds: dict[str, list[float]] = {name: [] for name in steps}
     for _ in range(rounds):
         for name, step in steps.items():
             seconds[name].append(time_step(step, iterations, device))
@@ -132,7 +138,7 @@ def main() -> None:
     device = torch.device(args.device)
     models, size = build_models(args.family)
     models = {name: model.to(device) for name, model in models.items()}
-    columns = list(models) + ["tv_tensor"]
+    columns = ["ours", "ours_aten"] + list(models)[1:] + ["tv_tensor"]
     print(f"Swin {args.family} at {size}px: torch {torch.__version__}, timm {timm.__version__}, torchvision "
           f"{torchvision.__version__}, device {device}, threads {torch.get_num_threads()}, rounds {args.rounds} x "
           f"{args.iterations} iterations")
@@ -146,10 +152,11 @@ def main() -> None:
                      "tv_tensor": rates["tv_tensor"]}
             print_row("loader/core", rates, columns, not_peers=("tv_tensor",))
             continue
-        print_row(mode, run_mode(mode, models, size, device, args.rounds, args.iterations, args.batch), columns)
-    print("img/s (loader: images per CPU-second); timm = without, timm_fused = with its fused attention; tv_tensor =\n"
-          "torchvision's loader on decoded tensors, whose RandAugment warps bilinearly (not the paper's bicubic):\n"
-          "shown, not counted in ours/best")
+        rates = run_mode(mode, models, size, device, args.rounds, args.iterations, args.batch)
+        print_row(mode, rates, columns, not_peers=("ours_aten",))
+    print("img/s (loader: images per CPU-second); timm = without, timm_fused = with its fused attention; ours_aten =\n"
+          "our model as built, not prepared for inference; tv_tensor = torchvision's loader on decoded tensors,\n"
+          "whose RandAugment warps bilinearly (not the paper's bicubic): both shown, not counted in ours/best")
 
 
 if __name__ == "__main__":

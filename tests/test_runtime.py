@@ -7,7 +7,8 @@ import torch
 from conftest import TINY_CFG
 
 from config import load_config
-from runtime import compile_for_inference, init_runtime, shutdown_runtime
+from models.cpu_inference import InferenceLinear
+from runtime import init_runtime, prepare_for_inference, shutdown_runtime
 
 
 @pytest.fixture
@@ -42,17 +43,32 @@ def test_compiled_inference_is_the_eager_model_and_its_time_is_logged(dtype, tol
     model, lines = _tiny_model(), []
     images = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(1))
     autocast = lambda: torch.autocast("cpu", dtype=dtype, enabled=dtype is not None)  # noqa: E731
-    compiled = compile_for_inference(model, images, "on", lines.append, autocast)
+    compiled = prepare_for_inference(model, images, "on", lines.append, autocast)
     assert compiled is not model and model.training is False
     assert len(lines) == 1 and re.fullmatch(r"compiled the model for inference in \d+\.\ds .*", lines[0]), lines
     with torch.no_grad(), autocast():
         torch.testing.assert_close(compiled(images * 2).float(), model(images * 2).float(), atol=tolerance, rtol=0)
 
 
-def test_a_failing_compile_falls_back_to_the_eager_model_with_one_line_and_cpu_auto_stays_eager():
+def test_a_failing_compile_falls_back_to_the_eager_model_with_one_line_and_off_leaves_the_model():
     model, lines = _tiny_model(), []
     images = torch.randn(2, 3, 32, 32)
-    assert compile_for_inference(model, images, "on", lines.append, backend="no_such_backend") is model
+    assert prepare_for_inference(model, images, "on", lines.append, backend="no_such_backend") is model
     assert len(lines) == 1 and lines[0].startswith("torch.compile failed (") and "running the model eagerly" in lines[0]
-    assert compile_for_inference(model, images, "auto", lines.append) is model and len(lines) == 1
-    assert compile_for_inference(model, images, "off", lines.append) is model and len(lines) == 1
+    assert prepare_for_inference(model, images, "off", lines.append) is model and len(lines) == 1
+    assert not any(isinstance(m, InferenceLinear) for m in model.modules())
+
+
+def test_cpu_auto_runs_the_linear_layers_on_onednn_with_the_same_state_and_answers_within_1e_5():
+    plain, lines = _tiny_model(), []
+    model = _tiny_model()
+    images = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(2))
+    assert prepare_for_inference(model, images, "auto", lines.append) is model and not model.training
+    linears = sum(isinstance(m, torch.nn.Linear) for m in plain.modules())
+    swapped = [m for m in model.modules() if isinstance(m, InferenceLinear)]
+    assert len(swapped) == linears and not any(type(m) is torch.nn.Linear for m in model.modules())
+    assert lines == [f"inference on CPU: {linears} linear layers on oneDNN's kernel (TEST.COMPILE off keeps ATen's)"]
+    assert plain.state_dict().keys() == model.state_dict().keys()
+    assert all(torch.equal(a, b) for a, b in zip(plain.state_dict().values(), model.state_dict().values()))
+    with torch.no_grad():
+        torch.testing.assert_close(model(images), plain.eval()(images), atol=1e-5, rtol=0)

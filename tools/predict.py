@@ -26,7 +26,7 @@ sys.path.insert(0, ROOT)
 from cli import StrictParser, positive_int, run_command  # noqa: E402
 from data.datasets import decode_image  # noqa: E402
 from data.transforms import build_transform  # noqa: E402
-from runtime import compile_for_inference  # noqa: E402
+from runtime import prepare_for_inference  # noqa: E402
 from tools.model_source import add_model_arguments, model_from_arguments  # noqa: E402
 from utils import DataError, UserError, require_folder_of  # noqa: E402
 
@@ -108,7 +108,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--output", help="write predictions to a .json or .csv file")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--compile", choices=("auto", "on", "off"), default="auto",
-                        help="torch.compile the model: auto compiles on CUDA only (default auto)")
+                        help="torch.compile the model: auto compiles on CUDA and on a CPU runs the linear layers on "
+                             "oneDNN's kernel; off runs the model as built (default auto)")
     args = parser.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda but no CUDA device is visible; use --device cpu")
@@ -131,7 +132,7 @@ def _predict(args: argparse.Namespace) -> int:
     device = torch.device(args.device)
     size = config.DATA.IMG_SIZE
     example = torch.zeros(min(args.batch_size, len(paths)), 3, size, size, device=device)
-    model = compile_for_inference(model.to(device), example, args.compile, lambda line: print(line, file=sys.stderr))
+    model = prepare_for_inference(model.to(device), example, args.compile, lambda line: print(line, file=sys.stderr))
     results = predict(model, build_transform(False, config), paths, args.topk, args.batch_size, device)
     write_results(results, names, args.output)
     return 0
