@@ -132,9 +132,12 @@ def _predict(args: argparse.Namespace) -> int:
     device = torch.device(args.device)
     size = config.DATA.IMG_SIZE
     example = torch.zeros(min(args.batch_size, len(paths)), 3, size, size, device=device)
-    model = prepare_for_inference(model.to(device), example, args.compile, lambda line: print(line, file=sys.stderr))
+    notes: list[str] = []  # how the model was prepared, told after the results: an error stays the only line
+    model = prepare_for_inference(model.to(device), example, args.compile, notes.append)
     results = predict(model, build_transform(False, config), paths, args.topk, args.batch_size, device)
     write_results(results, names, args.output)
+    for line in notes:
+        print(line, file=sys.stderr)
     return 0
 
 
