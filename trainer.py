@@ -45,7 +45,7 @@ from run_folder import (
     settings_differences,
     write_config,
 )
-from runtime import Runtime, wrap_model
+from runtime import Runtime, prepare_for_training, wrap_model
 from utils import UserError, find_resume_checkpoint, prune_checkpoints
 
 
@@ -125,6 +125,7 @@ def _build_training_model(config: CfgNode, rt: Runtime, logger: logging.Logger) 
         what = "all but the head" if config.TRAIN.LINEAR_PROBE else \
             f"patch embedding and stages 0-{config.TRAIN.FREEZE_STAGES - 1}"
         logger.info(f"frozen: {what}, {frozen:,} of {total:,} parameters; training {total - frozen:,}")
+    prepare_for_training(model, rt, config.TRAIN.ONEDNN_LINEAR, config.COMPILE, logger.info)
     return wrap_model(model, rt, config.COMPILE)
 
 
@@ -135,7 +136,7 @@ def _make_context(config: CfgNode, rt: Runtime, data: LoaderBundle, model: nn.Mo
     logger.info(f"lr scaled to the global batch {config.DATA.BATCH_SIZE * rt.world_size} x "
                 f"{config.TRAIN.ACCUMULATION_STEPS} accumulation: base {lrs.base:.3e}, warm-up {lrs.warmup:.3e}, "
                 f"min {lrs.min:.3e}")
-    optimizer = build_optimizer(config, bare, lrs.base, fused=rt.device.type == "cuda")
+    optimizer = build_optimizer(config, bare, lrs.base, fused=rt.fused_optimizer)
     if config.TRAIN.LAYER_DECAY < 1:
         scales = sorted({group["lr_scale"] for group in optimizer.param_groups})
         logger.info(f"layer decay {config.TRAIN.LAYER_DECAY}: {len(scales)} layers trained at lr x{scales[0]:.3g} "

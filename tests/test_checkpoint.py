@@ -26,7 +26,8 @@ def stepped_optimizer(model: torch.nn.Module, fused: bool, name: str = "adamw") 
 
 
 def test_a_non_fused_state_resumed_into_a_fused_optimizer_keeps_it_fused():
-    """A CPU run (foreach kernels) resumed on a GPU (fused AdamW): the flags must stay those of this run."""
+    """A state saved by foreach kernels (another tool, or this one's CPU runs before they were fused) resumed into
+    fused AdamW: the flags must stay those of this run."""
     model = tiny_model()
     saved = {"optimizer": stepped_optimizer(model, fused=False).state_dict()}
     target = build_optimizer(load_config(TINY_CFG), model, 1e-3, fused=True)

@@ -1,14 +1,19 @@
 """The runtime's process-wide numeric switches follow the config, not a fixed choice."""
 
+import os
 import re
+import subprocess
+import sys
 
 import pytest
 import torch
 from conftest import TINY_CFG
 
 from config import load_config
-from models.cpu_inference import InferenceLinear
-from runtime import init_runtime, prepare_for_inference, shutdown_runtime
+from models import build_model
+from models.cpu_linear import OneDnnLinear
+from optimizer import build_optimizer
+from runtime import Runtime, init_runtime, prepare_for_inference, prepare_for_training, shutdown_runtime
 
 
 @pytest.fixture
@@ -56,7 +61,7 @@ def test_a_failing_compile_falls_back_to_the_eager_model_with_one_line_and_off_l
     assert prepare_for_inference(model, images, "on", lines.append, backend="no_such_backend") is model
     assert len(lines) == 1 and lines[0].startswith("torch.compile failed (") and "running the model eagerly" in lines[0]
     assert prepare_for_inference(model, images, "off", lines.append) is model and len(lines) == 1
-    assert not any(isinstance(m, InferenceLinear) for m in model.modules())
+    assert not any(isinstance(m, OneDnnLinear) for m in model.modules())
 
 
 def test_cpu_auto_runs_the_linear_layers_on_onednn_with_the_same_state_and_answers_within_1e_5():
@@ -65,10 +70,83 @@ def test_cpu_auto_runs_the_linear_layers_on_onednn_with_the_same_state_and_answe
     images = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(2))
     assert prepare_for_inference(model, images, "auto", lines.append) is model and not model.training
     linears = sum(isinstance(m, torch.nn.Linear) for m in plain.modules())
-    swapped = [m for m in model.modules() if isinstance(m, InferenceLinear)]
+    swapped = [m for m in model.modules() if isinstance(m, OneDnnLinear)]
     assert len(swapped) == linears and not any(type(m) is torch.nn.Linear for m in model.modules())
     assert lines == [f"inference on CPU: {linears} linear layers on oneDNN's kernel (TEST.COMPILE off keeps ATen's)"]
     assert plain.state_dict().keys() == model.state_dict().keys()
     assert all(torch.equal(a, b) for a, b in zip(plain.state_dict().values(), model.state_dict().values()))
     with torch.no_grad():
         torch.testing.assert_close(model(images), plain.eval()(images), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("setting, amp, compiling, swaps", [
+    (True, None, False, True), (False, None, False, False), (True, torch.bfloat16, False, False),
+    (True, None, True, False)])
+def test_cpu_training_runs_the_linear_layers_on_onednn_only_in_eager_fp32_with_the_key_on(setting, amp, compiling,
+                                                                                        swaps):
+    """TRAIN.ONEDNN_LINEAR on, fp32, no COMPILE: every linear layer swapped, one log line, the state dict as it
+    was; bf16 autocast, COMPILE or the key off: the model as built, nothing logged."""
+    model, lines = _tiny_model().train(), []
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    linears = sum(type(m) is torch.nn.Linear for m in model.modules())
+    prepare_for_training(model, Runtime(torch.device("cpu"), amp_dtype=amp), setting, compiling, lines.append)
+    swapped = sum(isinstance(m, OneDnnLinear) for m in model.modules())
+    assert swapped == (linears if swaps else 0) and model.training
+    expected = f"training on CPU: {linears} linear layers on oneDNN's kernel (TRAIN.ONEDNN_LINEAR False keeps ATen's)"
+    assert lines == ([expected] if swaps else [])
+    assert model.state_dict().keys() == before.keys()
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+@pytest.mark.parametrize("name", ["adamw", "sgd"])
+def test_a_cpu_run_steps_with_fused_kernels_that_update_as_the_foreach_ones(name):
+    """Training on a CPU builds the fused optimizer (one kernel over all parameters): its updates are those of the
+    foreach kernels within fp32 rounding, weight decay and momentum included."""
+    assert Runtime(torch.device("cpu")).fused_optimizer
+    config = load_config(TINY_CFG, ["TRAIN.OPTIMIZER.NAME", repr(name)])
+    images = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    trained = []
+    for fused in (True, False):
+        torch.manual_seed(0)
+        model = build_model(config)
+        initial = {k: v.clone() for k, v in model.state_dict().items()}
+        optimizer = build_optimizer(config, model, 1e-2, fused=fused)
+        assert all(bool(group["fused"]) is fused for group in optimizer.param_groups)
+        for _ in range(3):
+            model(images).square().mean().backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+        trained.append(model.state_dict())
+    moved = max((trained[0][k] - initial[k]).abs().max() for k in trained[0])
+    assert moved > 1e-4
+    for key, value in trained[0].items():
+        torch.testing.assert_close(value, trained[1][key], rtol=1e-5, atol=1e-6)
+
+
+FAULTS_OF_A_REUSED_BUFFER = """
+import resource, sys, torch
+sys.path.insert(0, ".")
+from runtime import keep_freed_memory
+kept = sys.argv[1] == "kept" and keep_freed_memory()
+faults = []
+for _ in range(6):
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    torch.ones(64 << 18).sum()  # 64 MiB, freed at once
+    faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+print(int(kept), min(faults[2:]))
+"""
+
+
+def test_a_cpu_process_keeps_freed_memory_so_a_reused_buffer_faults_in_no_new_pages():
+    """glibc's default maps every large tensor afresh (64 MiB: about 16,000 page faults each time); with freed
+    memory kept the second and later tensors reuse the pages. Own processes: the setting is process-wide."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    results = {}
+    for mode in ("default", "kept"):
+        out = subprocess.run([sys.executable, "-c", FAULTS_OF_A_REUSED_BUFFER, mode], cwd=root, capture_output=True,
+                             text=True, check=True).stdout.split()
+        results[mode] = (int(out[0]), int(out[1]))
+    if results["kept"][0] == 0:
+        pytest.skip("this C library has no glibc mallopt")
+    assert results["default"][1] > 10_000, results
+    assert results["kept"][1] < 100, results

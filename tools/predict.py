@@ -26,7 +26,7 @@ sys.path.insert(0, ROOT)
 from cli import StrictParser, positive_int, run_command  # noqa: E402
 from data.datasets import decode_image  # noqa: E402
 from data.transforms import build_transform  # noqa: E402
-from runtime import prepare_for_inference  # noqa: E402
+from runtime import keep_freed_memory, prepare_for_inference  # noqa: E402
 from tools.model_source import add_model_arguments, model_from_arguments  # noqa: E402
 from utils import DataError, UserError, require_folder_of  # noqa: E402
 
@@ -130,6 +130,8 @@ def _predict(args: argparse.Namespace) -> int:
         print("warning: random weights (--random-weights): these predictions mean nothing")
     names = class_names(config.MODEL.NUM_CLASSES, payload.get("class_names"))
     device = torch.device(args.device)
+    if device.type == "cpu":
+        keep_freed_memory()  # as main.py's runtime does on a CPU
     size = config.DATA.IMG_SIZE
     example = torch.zeros(min(args.batch_size, len(paths)), 3, size, size, device=device)
     notes: list[str] = []  # how the model was prepared, told after the results: an error stays the only line
