@@ -1,28 +1,36 @@
-"""Swin-T (or SwinV2-T) beside timm and torchvision, in one process: inference, the --throughput path, a training
-step and the training loader.
+"""Swin-T (or SwinV2-T) beside timm and torchvision: inference, the --throughput path, a training step and the
+training loader.
 
     python benchmarks/bench_swin.py [--family v1|v2] [--rounds 5] [--device cpu] [--modes infer_fp32,...]
+                                    [--same-allocator]
 
-v1: Swin-T at 224 against timm's swin_tiny_patch4_window7_224 (with and without its fused
-attention) and torchvision's swin_t. v2: SwinV2-T window 8 at 256 against timm's
-swinv2_tiny_window8_256 and torchvision's swin_v2_t. Rows: eager inference at batch 16 (--batch)
-in fp32 and bf16 (autocast), ours as --eval and predict run it (runtime.prepare_for_inference with
-TEST.COMPILE auto: on a CPU eager with oneDNN's linear kernel; ours_aten, the model as built, is shown
-and not counted); `throughput`: our default --throughput path (the same preparation: compiled on CUDA)
-against timm's benchmark.py defaults (the eager model, no AMP) at the same batch and dtype; on a CPU
-it is the fp32 row again; a training step at batch 8 (forward,
-backward, AdamW); `loader`: the training loader's images per CPU-second on the real ImageNet
-photos (benchmarks/bench_loader.py; ours with DATA.TRANSFORM_BACKEND torch). Each round times
-every model once per mode, interleaved, so drifts in machine speed hit all models alike; the
-figure is the median over rounds. The last column is ours over the best of the others.
+v1: Swin-T at 224 against timm's swin_tiny_patch4_window7_224 (with and without its fused attention) and
+torchvision's swin_t. v2: SwinV2-T window 8 at 256 against timm's swinv2_tiny_window8_256 and torchvision's
+swin_v2_t. Each model runs in its own process, as in its own tool: ours keeps freed memory as main.py's runtime
+does on a CPU (runtime.keep_freed_memory), the others keep glibc's default; --same-allocator gives every process
+ours, leaving models and kernels alone to differ. The processes take turns: each round times every model once per
+mode, so drifts in machine speed hit all alike; the figure is the median over rounds.
+
+Rows: eager inference at batch 16 (--batch) in fp32 and bf16 (autocast), ours as --eval and predict run it
+(runtime.prepare_for_inference, TEST.COMPILE auto: on a CPU eager with oneDNN's linear kernel); `throughput`: our
+default --throughput path (the same preparation; compiled on CUDA) against timm's benchmark.py defaults (the eager
+model, no AMP) at the same batch and dtype, on a CPU the fp32 row again; a training step at batch 8 (forward,
+backward, AdamW), ours as the trainer runs it (runtime.prepare_for_training: on a CPU the linear layers on oneDNN;
+optimizer.py's fused AdamW), the others with the AdamW their train scripts build (torch's defaults, as timm's
+train.py and torchvision's reference script do); `loader`: the training loader's images per CPU-second on the
+real ImageNet photos (benchmarks/bench_loader.py, in this process; ours with DATA.TRANSFORM_BACKEND torch).
+ours_aten, our model as built in our process, is shown and not counted. The last column is ours over the best of
+the others.
 """
 
 import argparse
 import copy
+import multiprocessing
 import os
 import statistics
 import sys
 import time
+from multiprocessing.connection import Connection
 from typing import Callable
 
 import timm
@@ -36,25 +44,30 @@ from bench_loader import loader_rates  # noqa: E402
 
 from config import load_config  # noqa: E402
 from models import build_model  # noqa: E402
-from runtime import prepare_for_inference  # noqa: E402
+from optimizer import build_optimizer  # noqa: E402
+from runtime import Runtime, keep_freed_memory, prepare_for_inference, prepare_for_training  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIGS = {"v1": os.path.join(ROOT, "configs", "swin_tiny.yaml"),
+           "v2": os.path.join(ROOT, "configs", "swinv2", "swinv2_tiny_patch4_window8_256.yaml")}
 
 
-def build_models(family: str) -> tuple[dict[str, torch.nn.Module], int]:
-    """The models to compare and their input size."""
+MODEL_NAMES = {"v1": ("ours", "ours_aten", "timm", "timm_fused", "torchvision"),
+               "v2": ("ours", "ours_aten", "timm", "torchvision")}
+
+
+def build_named_model(family: str, name: str) -> tuple[torch.nn.Module, int]:
+    """One of the models to compare, and its input size."""
     torch.manual_seed(0)
+    size = 256 if family == "v2" else 224
+    if name in ("ours", "ours_aten"):
+        return build_model(load_config(CONFIGS[family])), size
+    if name == "torchvision":
+        return (torchvision.models.swin_v2_t() if family == "v2" else torchvision.models.swin_t()), size
     if family == "v2":
-        config = load_config(os.path.join(ROOT, "configs", "swinv2", "swinv2_tiny_patch4_window8_256.yaml"))
-        return {"ours": build_model(config), "timm": timm.create_model("swinv2_tiny_window8_256"),
-                "torchvision": torchvision.models.swin_v2_t()}, 256
-    models = {"ours": build_model(load_config(os.path.join(ROOT, "configs", "swin_tiny.yaml")))}
-    timm.layers.set_fused_attn(False)
-    models["timm"] = timm.create_model("swin_tiny_patch4_window7_224")
-    timm.layers.set_fused_attn(True, experimental=True)
-    models["timm_fused"] = timm.create_model("swin_tiny_patch4_window7_224")
-    models["torchvision"] = torchvision.models.swin_t()
-    return models, 224
+        return timm.create_model("swinv2_tiny_window8_256"), size
+    timm.layers.set_fused_attn(name == "timm_fused", experimental=name == "timm_fused")
+    return timm.create_model("swin_tiny_patch4_window7_224"), size
 
 
 def inference_step(model: torch.nn.Module, images: torch.Tensor, dtype: torch.dtype | None) -> Callable[[], None]:
@@ -67,9 +80,9 @@ def inference_step(model: torch.nn.Module, images: torch.Tensor, dtype: torch.dt
     return step
 
 
-def training_step(model: torch.nn.Module, images: torch.Tensor, targets: torch.Tensor) -> Callable[[], None]:
+def training_step(model: torch.nn.Module, images: torch.Tensor, targets: torch.Tensor,
+                  optimizer: torch.optim.Optimizer) -> Callable[[], None]:
     model.train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, foreach=True)
 
     def step() -> None:
         loss = torch.nn.functional.cross_entropy(model(images), targets)
@@ -93,28 +106,78 @@ def time_step(step: Callable[[], None], iterations: int, device: torch.device) -
     return (time.perf_counter() - started) / iterations
 
 
-def run_mode(mode: str, models: dict, size: int, device: torch.device, rounds: int, iterations: int,
-             batch: int = 16) -> dict[str, float]:
+def make_step(mode: str, family: str, name: str, built: torch.nn.Module, size: int, device: torch.device,
+              batch: int) -> Callable[[], None]:
+    """One model's call for `mode`, on a copy of the built model: ours as the trainer, --eval, --throughput and
+    predict run it (ours_aten: the model as built), the others as their own scripts do."""
     batch = 8 if mode.startswith("train") else batch
     generator = torch.Generator().manual_seed(0)
     images = torch.randn(batch, 3, size, size, generator=generator).to(device)
     targets = torch.randint(0, 1000, (batch,), generator=generator).to(device)
-    steps = {}
-    dtype = torch.bfloat16 if mode == "infer_bf16" else None
-    for name, model in models.items():
-        if mode == "train_fp32":
-            steps[name] = training_step(model, images, targets)
-            continue
-        if name == "ours":  # as --eval, predict and --throughput run it (prepared on a copy: it swaps layers)
-            prepared = prepare_for_inference(copy.deepcopy(model), images, "auto", lambda line: None)
-            steps["ours"] = inference_step(prepared, images, dtype)
-            steps["ours_aten"] = inference_step(model, images, dtype)
-            continue
-        steps[name] = inference_step(model, images, dtype)
-    seconds: dict[str, list[float]] = {name: [] for name in steps}
+    model = copy.deepcopy(built)
+    if mode == "train_fp32" and name == "ours":
+        rt = Runtime(device)
+        prepare_for_training(model, rt, True, False, lambda line: None)
+        return training_step(model, images, targets, build_optimizer(load_config(CONFIGS[family]), model, 1e-4,
+                                                                      fused=rt.fused_optimizer))
+    if mode == "train_fp32":
+        return training_step(model, images, targets, torch.optim.AdamW(model.parameters(), lr=1e-4))
+    if name == "ours":
+        model = prepare_for_inference(model, images, "auto", lambda line: None)
+    return inference_step(model, images, torch.bfloat16 if mode == "infer_bf16" else None)
+
+
+def serve_model(family: str, name: str, device_name: str, threads: int, kept_memory: bool, conn: Connection) -> None:
+    """One model's own process: answers each (mode, batch, iterations) with seconds per call, until None.
+
+    A process of ours keeps freed memory as main.py's runtime does on a CPU (the others keep glibc's default,
+    as their scripts run, unless `kept_memory`)."""
+    if kept_memory or name.startswith("ours"):
+        keep_freed_memory()
+    torch.set_num_threads(threads)
+    device = torch.device(device_name)
+    built, size = build_named_model(family, name)
+    built.to(device)
+    steps: dict[tuple[str, int], Callable[[], None]] = {}
+    for mode, batch, iterations in iter(conn.recv, None):
+        if (mode, batch) not in steps:
+            steps[mode, batch] = make_step(mode, family, name, built, size, device, batch)
+        conn.send(time_step(steps[mode, batch], iterations, device))
+
+
+class ModelProcesses:
+    """A process per model, so each runs with its own allocator and library state as its own tool would; they
+    take turns, so only one computes at a time."""
+
+    def __init__(self, family: str, device: torch.device, kept_memory: bool) -> None:
+        context = multiprocessing.get_context("spawn")
+        self.connections, self.processes = {}, []
+        for name in MODEL_NAMES[family]:
+            ours, theirs = context.Pipe()
+            process = context.Process(target=serve_model, daemon=True,
+                                      args=(family, name, str(device), torch.get_num_threads(), kept_memory, theirs))
+            process.start()
+            self.connections[name] = ours
+            self.processes.append(process)
+
+    def seconds(self, name: str, mode: str, batch: int, iterations: int) -> float:
+        self.connections[name].send((mode, batch, iterations))
+        return self.connections[name].recv()
+
+    def close(self) -> None:
+        for connection in self.connections.values():
+            connection.send(None)
+        for process in self.processes:
+            process.join()
+
+
+def run_mode(mode: str, models: ModelProcesses, rounds: int, iterations: int, batch: int = 16) -> dict[str, float]:
+    """img/s of every model: the median over rounds, each model timed once per round in turn."""
+    batch = 8 if mode.startswith("train") else batch
+    seconds: dict[str, list[float]] = {name: [] for name in models.connections}
     for _ in range(rounds):
-        for name, step in steps.items():
-            seconds[name].append(time_step(step, iterations, device))
+        for name in seconds:
+            seconds[name].append(models.seconds(name, mode, batch, iterations))
     return {name: batch / statistics.median(values) for name, values in seconds.items()}
 
 
@@ -135,11 +198,13 @@ def main() -> None:
     parser.add_argument("--modes", default="infer_fp32,infer_bf16,throughput,train_fp32,loader")
     parser.add_argument("--loader-batches", type=int, default=6)
     parser.add_argument("--batch", type=int, default=16, help="inference batch (the training step uses 8)")
+    parser.add_argument("--same-allocator", action="store_true",
+                        help="every model's process keeps freed memory as ours does: models and kernels alone")
     args = parser.parse_args()
     device = torch.device(args.device)
-    models, size = build_models(args.family)
-    models = {name: model.to(device) for name, model in models.items()}
-    columns = ["ours", "ours_aten"] + list(models)[1:] + ["tv_tensor"]
+    models = ModelProcesses(args.family, device, args.same_allocator)
+    columns = list(MODEL_NAMES[args.family]) + ["tv_tensor"]
+    size = 256 if args.family == "v2" else 224
     print(f"Swin {args.family} at {size}px: torch {torch.__version__}, timm {timm.__version__}, torchvision "
           f"{torchvision.__version__}, device {device}, threads {torch.get_num_threads()}, rounds {args.rounds} x "
           f"{args.iterations} iterations")
@@ -153,11 +218,13 @@ def main() -> None:
                      "tv_tensor": rates["tv_tensor"]}
             print_row("loader/core", rates, columns, not_peers=("tv_tensor",))
             continue
-        rates = run_mode(mode, models, size, device, args.rounds, args.iterations, args.batch)
+        rates = run_mode(mode, models, args.rounds, args.iterations, args.batch)
         print_row(mode, rates, columns, not_peers=("ours_aten",))
+    models.close()
     print("img/s (loader: images per CPU-second); timm = without, timm_fused = with its fused attention; ours_aten =\n"
-          "our model as built, not prepared for inference; tv_tensor = torchvision's loader on decoded tensors,\n"
-          "whose RandAugment warps bilinearly (not the paper's bicubic): both shown, not counted in ours/best")
+          "our model as built (not prepared for inference or training; trained with torch's default AdamW);\n"
+          "tv_tensor = torchvision's loader on decoded tensors, whose RandAugment warps bilinearly (not the paper's\n"
+          "bicubic): both shown, not counted in ours/best")
 
 
 if __name__ == "__main__":
