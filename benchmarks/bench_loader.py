@@ -6,7 +6,8 @@ torchvision's loaders with the paper's augmentation, and a soak of the training 
 Each loader reads ../shared/datasets/imagenet-samples (1,000 photos, median 500x375), applies
 RandomResizedCrop 224 (bicubic), flip, RandAugment (rand-m9-mstd0.5-inc1; torchvision's own RandAugment
 at magnitude 9, bicubic on PIL images, bilinear on tensors), normalisation and random erasing 0.25, and
-collates batches of 32, in this process (num_workers 0, one thread), so CPU seconds are one core's. Rounds
+collates batches of 32, in this process (num_workers 0, one thread), so CPU seconds are one core's; the process
+keeps freed memory, as this project's loader workers do (runtime.keep_freed_memory), for every loader. Rounds
 interleave the loaders batch by batch; the figure is the median over rounds of images per CPU-second. The soak
 applies our transform N times and counts exceptions (Pillow 13 made timm's Posterize raise at 0
 bits on about 0.15% of calls before the fix in data/transforms.py).
@@ -36,6 +37,7 @@ from config import load_config  # noqa: E402
 from data.datasets import ImageFolderDataset  # noqa: E402
 from data.seeding import SeededSamples  # noqa: E402
 from data.transforms import build_transform, fix_posterize  # noqa: E402
+from runtime import keep_freed_memory  # noqa: E402
 
 SAMPLES = os.path.join(os.path.dirname(ROOT), "shared", "datasets", "imagenet-samples", "val")
 BATCH = 32
@@ -103,6 +105,7 @@ def loader_rates(rounds: int, batches: int, names: tuple[str, ...] = tuple(LOADE
     same photos in the same order (a fresh shuffle per round) and take turns batch by batch, so drifts in the
     machine's speed fall on all of them alike."""
     torch.set_num_threads(1)
+    keep_freed_memory()
     photos = sorted(os.path.join(d, f) for d, _, files in os.walk(SAMPLES) for f in files)
     rates: dict[str, list[float]] = {name: [] for name in names}
     for r in range(rounds):
