@@ -214,7 +214,7 @@ _C.TRAIN.FREEZE_STAGES = 0
 # Fine-tuning: train the classifier head alone (a linear probe); everything else is frozen.
 _C.TRAIN.LINEAR_PROBE = False
 # On a CPU in fp32 without COMPILE, the linear layers train on oneDNN's kernel (the forward pass and the input
-# gradients; Swin-T's training step measured about 1.1x faster); False keeps ATen's.
+# gradients; Swin-T's training step measured 1.02-1.10x faster); False keeps ATen's.
 _C.TRAIN.ONEDNN_LINEAR = True
 
 _C.AUG = CN()
