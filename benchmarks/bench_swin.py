@@ -50,8 +50,7 @@ from runtime import Runtime, keep_freed_memory, prepare_for_inference, prepare_f
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = {"v1": os.path.join(ROOT, "configs", "swin_tiny.yaml"),
            "v2": os.path.join(ROOT, "configs", "swinv2", "swinv2_tiny_patch4_window8_256.yaml")}
-
-
+SIZES = {"v1": 224, "v2": 256}
 MODEL_NAMES = {"v1": ("ours", "ours_aten", "timm", "timm_fused", "torchvision"),
                "v2": ("ours", "ours_aten", "timm", "torchvision")}
 
@@ -59,7 +58,7 @@ MODEL_NAMES = {"v1": ("ours", "ours_aten", "timm", "timm_fused", "torchvision"),
 def build_named_model(family: str, name: str) -> tuple[torch.nn.Module, int]:
     """One of the models to compare, and its input size."""
     torch.manual_seed(0)
-    size = 256 if family == "v2" else 224
+    size = SIZES[family]
     if name in ("ours", "ours_aten"):
         return build_model(load_config(CONFIGS[family])), size
     if name == "torchvision":
@@ -110,7 +109,6 @@ def make_step(mode: str, family: str, name: str, built: torch.nn.Module, size: i
               batch: int) -> Callable[[], None]:
     """One model's call for `mode`, on a copy of the built model: ours as the trainer, --eval, --throughput and
     predict run it (ours_aten: the model as built), the others as their own scripts do."""
-    batch = 8 if mode.startswith("train") else batch
     generator = torch.Generator().manual_seed(0)
     images = torch.randn(batch, 3, size, size, generator=generator).to(device)
     targets = torch.randint(0, 1000, (batch,), generator=generator).to(device)
@@ -204,7 +202,7 @@ def main() -> None:
     device = torch.device(args.device)
     models = ModelProcesses(args.family, device, args.same_allocator)
     columns = list(MODEL_NAMES[args.family]) + ["tv_tensor"]
-    size = 256 if args.family == "v2" else 224
+    size = SIZES[args.family]
     print(f"Swin {args.family} at {size}px: torch {torch.__version__}, timm {timm.__version__}, torchvision "
           f"{torchvision.__version__}, device {device}, threads {torch.get_num_threads()}, rounds {args.rounds} x "
           f"{args.iterations} iterations")

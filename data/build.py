@@ -165,7 +165,7 @@ def build_mixup(config: CfgNode, num_classes: int) -> Optional[Mixup]:
 
 
 def _worker_options(config: CfgNode, rt: Runtime, persistent: bool) -> dict:
-    """DataLoader worker settings: DATA.NUM_WORKERS workers that ignore stop signals, pinned memory on CUDA."""
+    """DataLoader worker settings: DATA.NUM_WORKERS workers started by init_loader_worker, pinned memory on CUDA."""
     return dict(num_workers=config.DATA.NUM_WORKERS, pin_memory=config.DATA.PIN_MEMORY and rt.device.type == "cuda",
                 persistent_workers=persistent and config.DATA.NUM_WORKERS > 0, worker_init_fn=init_loader_worker)
 
