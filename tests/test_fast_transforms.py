@@ -92,8 +92,8 @@ def test_one_dimensional_warps_are_pils_bicubic_affine_within_a_grey_level(op, p
 def test_a_warp_that_moves_everything_out_is_all_fill_and_a_zero_shift_is_the_image():
     img = Image.fromarray(np.random.default_rng(0).integers(0, 256, (9, 11, 3), dtype=np.uint8))
     pixels = pack_rgb(img)
-    assert torch.equal(resample_rows(pixels, torch.zeros(9, dtype=torch.float64), pack_colour(FILL)), pixels)
-    gone = unpack_rgb(resample_rows(pixels, torch.full((9,), 20.0, dtype=torch.float64), pack_colour(FILL)))
+    assert torch.equal(resample_rows(pixels, np.zeros(9), pack_colour(FILL)), pixels)
+    gone = unpack_rgb(resample_rows(pixels, np.full(9, 20.0), pack_colour(FILL)))
     assert np.array_equal(np.asarray(gone), np.broadcast_to(np.array(FILL, dtype=np.uint8), (9, 11, 3)))
     assert np.array_equal(np.asarray(unpack_rgb(pixels)), np.asarray(img))
 
