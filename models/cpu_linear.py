@@ -37,8 +37,10 @@ class _TrainableOneDnnLinear(torch.autograd.Function):
     def backward(ctx, grad_out: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         rows, weight = ctx.saved_tensors
         grad_rows = grad_weight = grad_bias = None
-        if ctx.needs_input_grad[0]:  # dy W: a linear layer with weight W^T (out, in -> in, out)
-            grad_rows = _onednn_linear(grad_out, weight.t().contiguous(), None, gelu=False)  # tokens, in
+        # dy W: a linear layer with weight W^T (in, out), given as the transposed view: oneDNN reorders every
+        # weight into its blocked layout anyway, so a transposed copy first would be a second pass for nothing
+        if ctx.needs_input_grad[0]:
+            grad_rows = _onednn_linear(grad_out, weight.t(), None, gelu=False)  # tokens, in
         if ctx.needs_input_grad[1]:
             grad_weight = grad_out.t().mm(rows)  # out, in
         if ctx.has_bias and ctx.needs_input_grad[2]:
@@ -76,12 +78,14 @@ def onednn_linear_works() -> bool:
     """Whether this torch build has oneDNN's linear kernel and it gives F.linear's answer on this CPU."""
     if not (torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")):
         return False
-    x, weight, bias = torch.randn(5, 7), torch.randn(3, 7), torch.randn(3)
+    x, weight, bias, grad = torch.randn(5, 7), torch.randn(3, 7), torch.randn(3), torch.randn(5, 3)
     try:
         out = _onednn_linear(x, weight, bias, gelu=True)
+        grad_x = _onednn_linear(grad, weight.t(), None, gelu=False)  # the input gradient's call: a transposed view
     except RuntimeError:
         return False
-    return torch.allclose(out, F.gelu(F.linear(x, weight, bias)), atol=1e-5, rtol=1e-5)
+    return (torch.allclose(out, F.gelu(F.linear(x, weight, bias)), atol=1e-5, rtol=1e-5)
+            and torch.allclose(grad_x, grad.mm(weight), atol=1e-5, rtol=1e-5))
 
 
 def use_onednn_linears(model: nn.Module) -> int:
