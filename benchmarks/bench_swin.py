@@ -56,17 +56,21 @@ MODEL_NAMES = {"v1": ("ours", "ours_aten", "timm", "timm_fused", "torchvision"),
 
 
 def build_named_model(family: str, name: str) -> tuple[torch.nn.Module, int]:
-    """One of the models to compare, and its input size."""
+    """One of the models to compare, and its input size. Every model trains with the paper's stochastic depth
+    (our config's 0.2; torchvision's swin_t and swin_v2_t default to it; timm's models are given it, as
+    `train.py --drop-path 0.2` does)."""
     torch.manual_seed(0)
     size = SIZES[family]
+    config = load_config(CONFIGS[family])
     if name in ("ours", "ours_aten"):
-        return build_model(load_config(CONFIGS[family])), size
+        return build_model(config), size
     if name == "torchvision":
-        return (torchvision.models.swin_v2_t() if family == "v2" else torchvision.models.swin_t()), size
+        model = torchvision.models.swin_v2_t() if family == "v2" else torchvision.models.swin_t()
+        return model, size
     if family == "v2":
-        return timm.create_model("swinv2_tiny_window8_256"), size
+        return timm.create_model("swinv2_tiny_window8_256", drop_path_rate=config.MODEL.DROP_PATH_RATE), size
     timm.layers.set_fused_attn(name == "timm_fused", experimental=name == "timm_fused")
-    return timm.create_model("swin_tiny_patch4_window7_224"), size
+    return timm.create_model("swin_tiny_patch4_window7_224", drop_path_rate=config.MODEL.DROP_PATH_RATE), size
 
 
 def inference_step(model: torch.nn.Module, images: torch.Tensor, dtype: torch.dtype | None) -> Callable[[], None]:
