@@ -158,15 +158,19 @@ def load_checkpoint_file(path: str) -> dict:
     return payload
 
 
+_WRAPPER_PREFIXES = ("module.", "_orig_mod.")
+
+
 def model_state_from(payload: dict, path: str) -> dict:
     """The model weights of a checkpoint: its 'model' (reference) or 'state_dict' (timm, Lightning) entry, or the
-    dict itself when it is a bare state dict; a `module.` prefix left by DDP is dropped."""
+    dict itself when it is a bare state dict; the prefixes of wrappers that saved themselves (`module.` of DDP,
+    `_orig_mod.` of torch.compile, in either order) are dropped."""
     wrapped = [payload[key] for key in ("model", "state_dict") if isinstance(payload.get(key), dict)]
     state = wrapped[0] if wrapped else payload
     if not any(isinstance(v, torch.Tensor) for v in state.values()):
         raise CheckpointError(f"checkpoint {path} holds no model weights (no 'model' state dict)")
-    if all(key.startswith("module.") for key in state):
-        state = {key[len("module."):]: value for key, value in state.items()}
+    while prefix := next((p for p in _WRAPPER_PREFIXES if all(key.startswith(p) for key in state)), None):
+        state = {key[len(prefix):]: value for key, value in state.items()}
     return state
 
 

@@ -195,12 +195,19 @@ def test_timm_and_torchvision_files_load_through_pretrained(source, tmp_path, ca
 def test_converted_layouts_round_trip_into_the_tiny_model(tmp_path, caplog):
     torch.manual_seed(0)
     source = build_model(load_config(TINY_CFG)).eval()
+
+    def prefixed(prefix: str) -> dict:
+        return {"model": {f"{prefix}{k}": v for k, v in source.state_dict().items()}}
+
     for name, state in (("timm", {"state_dict": to_timm(source.state_dict())}),
                         ("tv", {"model": to_torchvision(source.state_dict())}),
-                        ("ddp", {"model": {f"module.{k}": v for k, v in source.state_dict().items()}})):
-        torch.save(state, tmp_path / f"{name}.pth")
+                        ("ddp", prefixed("module.")), ("compiled", prefixed("_orig_mod.")),
+                        ("compiled_ddp", prefixed("module._orig_mod.")),
+                        ("ddp_compiled", prefixed("_orig_mod.module."))):
+        path = tmp_path / f"{name}.pth"
+        torch.save(state, path)
         target = build_model(load_config(TINY_CFG))
-        load_pretrained(target, str(tmp_path / f"{name}.pth"), logging.getLogger("test"))
+        load_pretrained(target, str(path), logging.getLogger("test"))
         torch.testing.assert_close(_logits(target, 32), _logits(source, 32), atol=0, rtol=0)
 
 
