@@ -8,7 +8,8 @@ RandomResizedCrop 224 (bicubic), flip, RandAugment (rand-m9-mstd0.5-inc1; torchv
 at magnitude 9, bicubic on PIL images, bilinear on tensors), normalisation and random erasing 0.25, and
 collates batches of 32, in this process (num_workers 0, one thread), so CPU seconds are one core's; the process
 keeps freed memory, as this project's loader workers do (runtime.keep_freed_memory), for every loader. Rounds
-interleave the loaders batch by batch; the figure is the median over rounds of images per CPU-second. The soak
+interleave the loaders batch by batch; the figure is the median over rounds of images per CPU-second, the ratio
+the median over rounds of a loader's rate over the best peer's in the same round (benchmarks/rounds.py). The soak
 applies our transform N times and counts exceptions (Pillow 13 made timm's Posterize raise at 0
 bits on about 0.15% of calls before the fix in data/transforms.py).
 """
@@ -16,7 +17,6 @@ bits on about 0.15% of calls before the fix in data/transforms.py).
 import argparse
 import os
 import random
-import statistics
 import sys
 import time
 from typing import Callable
@@ -32,6 +32,8 @@ from torchvision.transforms import v2
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+
+from rounds import medians, paired_ratio  # noqa: E402
 
 from config import load_config  # noqa: E402
 from data.datasets import ImageFolderDataset  # noqa: E402
@@ -100,10 +102,10 @@ LOADERS: dict[str, Callable[[list[str]], DataLoader]] = {
 PEERS_WITH_THE_PAPERS_AUGMENTATION = ("timm", "tv_pil")
 
 
-def loader_rates(rounds: int, batches: int, names: tuple[str, ...] = tuple(LOADERS)) -> dict[str, float]:
-    """Images per CPU-second of each loader: the median over rounds, where in every round all loaders read the
-    same photos in the same order (a fresh shuffle per round) and take turns batch by batch, so drifts in the
-    machine's speed fall on all of them alike."""
+def loader_rates(rounds: int, batches: int, names: tuple[str, ...] = tuple(LOADERS)) -> dict[str, list[float]]:
+    """Images per CPU-second of each loader in each round, where in every round all loaders read the same photos
+    in the same order (a fresh shuffle per round) and take turns batch by batch, so drifts in the machine's speed
+    fall on all of them alike."""
     torch.set_num_threads(1)
     keep_freed_memory()
     photos = sorted(os.path.join(d, f) for d, _, files in os.walk(SAMPLES) for f in files)
@@ -125,7 +127,7 @@ def loader_rates(rounds: int, batches: int, names: tuple[str, ...] = tuple(LOADE
                 seconds[name] += time.process_time() - started
         for name in names:
             rates[name].append(batches * BATCH / seconds[name])
-    return {name: statistics.median(values) for name, values in rates.items()}
+    return rates
 
 
 def soak(count: int) -> tuple[int, float]:
@@ -149,12 +151,12 @@ def main() -> None:
     parser.add_argument("--batches", type=int, default=6)
     parser.add_argument("--soak", type=int, default=0)
     args = parser.parse_args()
-    rates = loader_rates(args.rounds, args.batches)
-    best_peer = max(rates[name] for name in PEERS_WITH_THE_PAPERS_AUGMENTATION)
-    print(f"training loader, {args.rounds} rounds x {args.batches} batches of {BATCH}, images per CPU-second "
-          f"(x: against the faster of {' and '.join(PEERS_WITH_THE_PAPERS_AUGMENTATION)}; tv_tensor warps bilinearly):")
-    for name, rate in rates.items():
-        print(f"  {name:<11}{rate:>8.1f}   {rate / best_peer:.2f}x")
+    per_round = loader_rates(args.rounds, args.batches)
+    print(f"training loader, {args.rounds} rounds x {args.batches} batches of {BATCH}, images per CPU-second, the "
+          f"median over rounds (x: the median over rounds of its rate over the faster of "
+          f"{' and '.join(PEERS_WITH_THE_PAPERS_AUGMENTATION)} in the same round; tv_tensor warps bilinearly):")
+    for name, rate in medians(per_round).items():
+        print(f"  {name:<11}{rate:>8.1f}   {paired_ratio(per_round, name, PEERS_WITH_THE_PAPERS_AUGMENTATION):.2f}x")
     if args.soak:
         failures, rate = soak(args.soak)
         print(f"soak: {args.soak} training-transform calls, {failures} exceptions, {rate:.1f} calls/s")

@@ -9,7 +9,8 @@ torchvision's swin_t. v2: SwinV2-T window 8 at 256 against timm's swinv2_tiny_wi
 swin_v2_t. Each model runs in its own process, as in its own tool: ours keeps freed memory as main.py's runtime
 does on a CPU (runtime.keep_freed_memory), the others keep glibc's default; --same-allocator gives every process
 ours, leaving models and kernels alone to differ. The processes take turns: each round times every model once per
-mode, so drifts in machine speed hit all alike; the figure is the median over rounds.
+mode, so drifts in machine speed hit all alike; a figure is the median over rounds, and ours over the best of the
+others the median over rounds of that ratio within a round (benchmarks/rounds.py).
 
 Rows: eager inference at batch 16 (--batch) in fp32 and bf16 (autocast), ours as --eval and predict run it
 (runtime.prepare_for_inference, TEST.COMPILE auto: on a CPU eager with oneDNN's linear kernel); `throughput`: our
@@ -27,7 +28,6 @@ import argparse
 import copy
 import multiprocessing
 import os
-import statistics
 import sys
 import time
 from multiprocessing.connection import Connection
@@ -41,6 +41,7 @@ import torchvision
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from bench_loader import loader_rates  # noqa: E402
+from rounds import medians, paired_ratio  # noqa: E402
 
 from config import load_config  # noqa: E402
 from models import build_model  # noqa: E402
@@ -173,22 +174,25 @@ class ModelProcesses:
             process.join()
 
 
-def run_mode(mode: str, models: ModelProcesses, rounds: int, iterations: int, batch: int = 16) -> dict[str, float]:
-    """img/s of every model: the median over rounds, each model timed once per round in turn."""
+def run_mode(mode: str, models: ModelProcesses, rounds: int, iterations: int,
+             batch: int = 16) -> dict[str, list[float]]:
+    """img/s of every model in each round, each model timed once per round in turn."""
     batch = 8 if mode.startswith("train") else batch
-    seconds: dict[str, list[float]] = {name: [] for name in models.connections}
+    rates: dict[str, list[float]] = {name: [] for name in models.connections}
     for _ in range(rounds):
-        for name in seconds:
-            seconds[name].append(models.seconds(name, mode, batch, iterations))
-    return {name: batch / statistics.median(values) for name, values in seconds.items()}
+        for name in rates:
+            rates[name].append(batch / models.seconds(name, mode, batch, iterations))
+    return rates
 
 
-def print_row(mode: str, rates: dict[str, float], columns: list[str], not_peers: tuple[str, ...] = ()) -> None:
-    """img/s per column (blank where a column has no figure) and ours over the best of the others (but
-    `not_peers`, which are shown only)."""
-    best = max(rate for name, rate in rates.items() if name != "ours" and name not in not_peers)
+def print_row(mode: str, per_round: dict[str, list[float]], columns: list[str],
+              not_peers: tuple[str, ...] = ()) -> None:
+    """The median img/s per column (blank where a column has no figure) and the median over rounds of ours over
+    the best of the others in the same round (but `not_peers`, which are shown only)."""
+    rates = medians(per_round)
     cells = "".join(f"{rates[name]:>13.1f}" if name in rates else f"{'':>13}" for name in columns)
-    print(f"{mode:<12}{cells}{rates['ours'] / best:>12.2f}", flush=True)
+    peers = tuple(name for name in per_round if name != "ours" and name not in not_peers)
+    print(f"{mode:<12}{cells}{paired_ratio(per_round, 'ours', peers):>12.2f}", flush=True)
 
 
 def main() -> None:
@@ -216,7 +220,7 @@ def main() -> None:
         if mode == "loader":  # one core: ours (torch backend), timm, torchvision on PIL images and on tensors
             rates = loader_rates(args.rounds, args.loader_batches, ("ours_torch", "timm", "tv_pil", "tv_tensor"))
             torch.set_num_threads(threads)
-            rates = {"ours": rates.pop("ours_torch"), "timm": rates["timm"], "torchvision": rates["tv_pil"],
+            rates = {"ours": rates["ours_torch"], "timm": rates["timm"], "torchvision": rates["tv_pil"],
                      "tv_tensor": rates["tv_tensor"]}
             print_row("loader/core", rates, columns, not_peers=("tv_tensor",))
             continue
