@@ -191,16 +191,23 @@ class ResumePoint:
 
 
 def read_resume_point(path: str, payload: dict) -> ResumePoint:
-    """The progress entries of a checkpoint; a reference checkpoint continues after its epoch."""
-    epoch, batches = payload.get("resume_at", (payload.get("epoch", -1) + 1, 0))
-    rng = payload.get("rng", [])
-    config_text = payload.get("config", "")
-    return ResumePoint(path=path, epoch=int(epoch), batches=int(batches),
-                       max_accuracy=float(payload.get("max_accuracy", 0.0)), totals=payload.get("epoch_totals", {}),
-                       history=list(payload.get("metrics_history", [])), rng=[rng] if isinstance(rng, dict) else rng,
-                       world_size=int(payload.get("world_size", 0)),
-                       config_text=config_text if isinstance(config_text, str) else "",
-                       run_index=int(payload.get("run_index", 0)))
+    """The progress entries of a checkpoint; a reference checkpoint continues after its epoch. An entry of the
+    wrong type or shape is one CheckpointError naming the checkpoint."""
+    try:
+        epoch, batches = payload["resume_at"] if "resume_at" in payload else (int(payload.get("epoch", -1)) + 1, 0)
+        rng = payload.get("rng", [])
+        config_text = payload.get("config", "")
+        return ResumePoint(path=path, epoch=int(epoch), batches=int(batches),
+                           max_accuracy=float(payload.get("max_accuracy", 0.0)),
+                           totals=dict(payload.get("epoch_totals", {})),
+                           history=list(payload.get("metrics_history", [])),
+                           rng=[rng] if isinstance(rng, dict) else list(rng),
+                           world_size=int(payload.get("world_size", 0)),
+                           config_text=config_text if isinstance(config_text, str) else "",
+                           run_index=int(payload.get("run_index", 0)))
+    except (TypeError, ValueError) as err:
+        raise CheckpointError(f"checkpoint {path} has a malformed progress entry ({str(err)[:80]}); resume from "
+                              "another checkpoint, or pass this one as --pretrained for its weights alone") from None
 
 
 def load_model_weights(path: str, model: nn.Module, logger: Optional[logging.Logger] = None) -> dict:

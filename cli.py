@@ -8,10 +8,11 @@ permission), becomes one line and exit code 2; anything else is a bug and keeps 
 
 import argparse
 import difflib
+import signal
 import sys
 from typing import Callable, NoReturn, Optional
 
-from utils import UserError, report_user_error
+from utils import WRITE_ERRNOS, UserError, report_user_error
 
 
 class StrictParser(argparse.ArgumentParser):
@@ -67,6 +68,17 @@ def run_command(body: Callable[[], int], show_errors: bool = True) -> int:
         what = f"{err.filename}" if err.filename else "a file"
         return report_user_error(UserError(f"{what} cannot be used ({err.strerror}); check the path and its "
                                            "permissions"), show=show_errors)
+    except OSError as err:
+        if err.errno not in WRITE_ERRNOS:
+            raise
+        what = f"{err.filename}" if err.filename else "an output file"
+        return report_user_error(UserError(f"{what} cannot be written ({err.strerror}); free space on that disk or "
+                                           "write somewhere else"), show=show_errors)
+    except KeyboardInterrupt:  # Ctrl-C outside training, which saves and stops by itself
+        if show_errors:
+            print("interrupted: stopped by Ctrl-C; nothing new was saved; rerun the command to carry on",
+                  file=sys.stderr)
+        return 128 + signal.SIGINT
 
 
 def positive_int(text: str) -> int:

@@ -574,6 +574,10 @@ def get_config(args: Any) -> CN:
     else:
         raise ConfigError("no config: pass --cfg FILE, or --pretrained / --resume with a model zoo name or a "
                           "checkpoint written here (`python -m tools.zoo` lists the names)")
+    if getattr(args, "data_path", None) and cfg.DATA.DATASET in ("digits", "fake"):
+        raise ConfigError(f"--data-path {args.data_path} would not be read: DATA.DATASET is {cfg.DATA.DATASET!r}, "
+                          "which brings its own images; add --opts DATA.DATASET imagenet to use the folder, or drop "
+                          "--data-path")
     cfg.defrost()
     cfg.LOCAL_RANK = int(os.environ.get("LOCAL_RANK", getattr(args, "local_rank", None) or 0))
     cfg.OUTPUT = os.path.join(cfg.OUTPUT, cfg.MODEL.NAME, cfg.TAG)

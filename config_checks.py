@@ -6,6 +6,7 @@ import math
 from dataclasses import dataclass
 from typing import Any, Optional
 
+from timm.data import auto_augment
 from yacs.config import CfgNode as CN
 
 from utils import ConfigError
@@ -126,11 +127,32 @@ def validate_config(cfg: CN) -> None:
     if not cfg.TRAIN.WARMUP_EPOCHS < cfg.TRAIN.EPOCHS:
         raise ConfigError(f"TRAIN.WARMUP_EPOCHS is {cfg.TRAIN.WARMUP_EPOCHS} with TRAIN.EPOCHS {cfg.TRAIN.EPOCHS}; "
                           "warm-up must be shorter than training")
+    if not cfg.TRAIN.START_EPOCH < cfg.TRAIN.EPOCHS:
+        raise ConfigError(f"TRAIN.START_EPOCH is {cfg.TRAIN.START_EPOCH} with TRAIN.EPOCHS {cfg.TRAIN.EPOCHS}; the "
+                          "first epoch to run must come before the last (epochs count from 0)")
+    _validate_auto_augment(cfg.AUG.AUTO_AUGMENT)
     if cfg.AUG.CUTMIX_MINMAX is not None and cfg.AUG.CUTMIX_MINMAX[0] >= cfg.AUG.CUTMIX_MINMAX[1]:
         raise ConfigError(f"config key AUG.CUTMIX_MINMAX is {list(cfg.AUG.CUTMIX_MINMAX)}; give [min, max] with "
                           "min < max")
     _validate_architecture(cfg)
     _validate_simmim(cfg)
+
+
+def _validate_auto_augment(policy: str) -> None:
+    """AUG.AUTO_AUGMENT is "none" or a policy timm's parsers take (rand-..., augmix-..., v0, original, 3a, ...)."""
+    if policy == "none":
+        return
+    try:
+        if policy.startswith("rand"):
+            auto_augment.rand_augment_transform(policy, {})
+        elif policy.startswith("augmix"):
+            auto_augment.augment_and_mix_transform(policy, {})
+        else:
+            auto_augment.auto_augment_transform(policy, {})
+    except (AssertionError, ValueError, KeyError, IndexError) as err:
+        raise ConfigError(f"config key AUG.AUTO_AUGMENT is {policy!r}, which timm does not parse "
+                          f"({err or 'unknown policy'}); use e.g. 'rand-m9-mstd0.5-inc1' (the paper's), 'v0', "
+                          "'original', 'augmix-m5' or 'none'") from None
 
 
 def _stage_sizes(img_size: int, patch_size: int, num_stages: int) -> list[int]:

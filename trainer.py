@@ -46,11 +46,11 @@ from run_folder import (
     write_config,
 )
 from runtime import Runtime, prepare_for_training, wrap_model
-from utils import UserError, find_resume_checkpoint, prune_checkpoints
+from utils import STOP_SIGNALS, UserError, find_resume_checkpoint, prune_checkpoints
 
 
 class Interrupted(Exception):
-    """Training stopped on SIGTERM/SIGINT after saving a checkpoint; rerunning the command resumes."""
+    """Training stopped on SIGTERM/SIGINT/SIGHUP after saving a checkpoint; rerunning the command resumes."""
 
     def __init__(self, signum: int, path: str) -> None:
         super().__init__(f"stopped by {signal.Signals(signum).name}; saved {path}; rerun the same command to resume")
@@ -58,7 +58,8 @@ class Interrupted(Exception):
 
 
 class StopFlag:
-    """Records SIGTERM/SIGINT instead of dying, so training can save at the next optimizer step.
+    """Records a stop signal (SIGTERM, SIGINT, SIGHUP) instead of dying, so training can save at the next
+    optimizer step.
 
     A second signal ends the process at once, unless it comes within `REPEAT_GRACE_S` of the
     first: launchers forward one Ctrl-C or preemption as a second copy of the same signal.
@@ -72,7 +73,7 @@ class StopFlag:
         self._previous: dict = {}
 
     def __enter__(self) -> "StopFlag":
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        for sig in STOP_SIGNALS:
             self._previous[sig] = signal.signal(sig, self._record)
         return self
 

@@ -20,6 +20,13 @@ from typing import Callable, Optional
 import numpy as np
 import torch
 
+# The signals that stop a run for good: a launcher's or scheduler's SIGTERM, Ctrl-C, a closed terminal or SSH
+# session. Training saves a checkpoint on each; loader workers ignore them and are ended by training.
+STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGINT", "SIGHUP") if hasattr(signal, name))
+
+# OS errors of a write that the user fixes (room on the disk, a read-only or over-quota file system).
+WRITE_ERRNOS = {errno.ENOSPC, errno.EROFS, errno.EDQUOT, errno.EFBIG}
+
 
 class UserError(Exception):
     """A mistake in the user's flags, config, data or files; the message names the thing and the fix."""
@@ -82,10 +89,15 @@ _NEARLY_FULL_BYTES = 4 * 2**20
 
 
 def require_folder_of(path: str) -> None:
-    """A one-line UserError, before any work is done, when the folder a file is to be written to is missing."""
+    """A one-line UserError, before any work is done, when a file cannot be written at `path`: it is a folder, or
+    its folder is missing or not writable (read-only, no permission)."""
+    if os.path.isdir(path):
+        raise UserError(f"cannot write {path}: it is a folder; give a file name inside it")
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder):
         raise UserError(f"cannot write {path}: folder {folder} does not exist; create it or pick another path")
+    if not os.access(folder, os.W_OK):
+        raise UserError(f"cannot write {path}: folder {folder} is read-only or not yours to write; pick another path")
 
 
 def write_atomically(path: str, write: Callable[[str], None]) -> None:
@@ -99,7 +111,7 @@ def write_atomically(path: str, write: Callable[[str], None]) -> None:
         if not _is_out_of_space(err, os.path.dirname(path) or "."):
             raise
         raise UserError(f"no space left on the device of {path}; free some space, or pass --output a folder on "
-                        "another disk, and rerun to resume (the previous checkpoints are kept)") from None
+                        "another disk, and rerun (files written before are kept; training resumes)") from None
     finally:
         if os.path.exists(tmp_path):
             os.remove(tmp_path)
@@ -110,6 +122,9 @@ def _is_out_of_space(err: BaseException, folder: str) -> bool:
     then the half-written temporary file has taken the last free bytes."""
     if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
         return True
+    if (isinstance(err, OSError) and err.errno in (errno.EROFS, errno.EACCES, errno.EPERM)) or (
+            os.strerror(errno.EROFS) in str(err)):  # torch.save's RuntimeError carries the OS's words
+        return False
     try:
         return shutil.disk_usage(folder).free < _NEARLY_FULL_BYTES
     except OSError:
@@ -148,7 +163,8 @@ def load_checkpoint_file(path: str) -> dict:
             if "weights_only" not in str(err):
                 raise
             payload = torch.load(path, map_location="cpu", weights_only=False)
-    except (RuntimeError, pickle.UnpicklingError, EOFError, zipfile.BadZipFile, ValueError, OSError) as err:
+    except (RuntimeError, pickle.UnpicklingError, EOFError, zipfile.BadZipFile, ValueError, OSError, AttributeError,
+            ImportError, TypeError, IndexError, KeyError) as err:  # a damaged file, or one pickling foreign code
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise CheckpointError(
             f"checkpoint {path} cannot be read ({reason[:120]}); it is truncated or not a PyTorch checkpoint"
@@ -169,6 +185,10 @@ def model_state_from(payload: dict, path: str) -> dict:
     state = wrapped[0] if wrapped else payload
     if not any(isinstance(v, torch.Tensor) for v in state.values()):
         raise CheckpointError(f"checkpoint {path} holds no model weights (no 'model' state dict)")
+    odd_key = next((key for key in state if not isinstance(key, str)), None)
+    if odd_key is not None:
+        raise CheckpointError(f"checkpoint {path} has a weight named {odd_key!r}, not a parameter name; it is not a "
+                              "model's state dict")
     while prefix := next((p for p in _WRAPPER_PREFIXES if all(key.startswith(p) for key in state)), None):
         state = {key[len(prefix):]: value for key, value in state.items()}
     return state

@@ -20,7 +20,7 @@ from data.seeding import SeededSamples
 from data.simmim import MaskedImages, build_mask_generator, build_simmim_transform
 from data.transforms import build_transform
 from runtime import Runtime, keep_freed_memory
-from utils import DataError
+from utils import STOP_SIGNALS, DataError
 
 _DEFAULT_NUM_CLASSES = 1000
 # Sizes of the synthetic dataset (DATA.DATASET fake): enough batches for a throughput or smoke run.
@@ -60,11 +60,12 @@ class SkipUndecodable(Dataset):
 
 
 def init_loader_worker(_worker_id: int) -> None:
-    """Loader workers ignore SIGTERM and SIGINT: launchers (torchrun, SLURM, a terminal's Ctrl-C) signal every
-    process of the job, and the training process, which saves a checkpoint first, ends its workers itself. They
+    """Loader workers ignore the stop signals (utils.STOP_SIGNALS): launchers (torchrun, SLURM, a terminal's Ctrl-C
+    or hang-up) signal every process of the job, and the training process, which saves a checkpoint first, ends its
+    workers itself. They
     keep freed memory for reuse (the decoded image and its crops are large tensors that glibc would map afresh for
     every image): the torch backend's images per CPU-second rose 5-15% with it (benchmarks/bench_loader.py)."""
-    for sig in (signal.SIGTERM, signal.SIGINT):
+    for sig in STOP_SIGNALS:
         signal.signal(sig, signal.SIG_IGN)
     keep_freed_memory()
 

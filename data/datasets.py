@@ -19,6 +19,9 @@ from torchvision.datasets.folder import IMG_EXTENSIONS
 from utils import DataError
 
 Transform = Optional[Callable]
+# The most classes a map file may number: ImageNet-22k has 21,841; a label beyond this is a typo, and the list of
+# class names built up to it would not fit in memory.
+MAX_CLASSES = 1_000_000
 
 
 def open_rgb(source: io.BytesIO | str) -> Image.Image:
@@ -147,6 +150,10 @@ def read_map_file(path: str) -> list[tuple[str, int]]:
             raise DataError(f"map file {path} line {number} is not `<path>\\t<label>`: {line.strip()[:80]!r}")
         if int(parts[1]) < 0:
             raise DataError(f"map file {path} line {number} has label {int(parts[1])}; labels count from 0")
+        if int(parts[1]) >= MAX_CLASSES:
+            raise DataError(f"map file {path} line {number} has label {int(parts[1])}, which would make "
+                            f"{int(parts[1]) + 1:,} classes; labels number the classes from 0 "
+                            f"(at most {MAX_CLASSES:,})")
         entries.append((parts[0], int(parts[1])))
     if not entries:
         raise DataError(f"map file {path} is empty; it needs one `<path>\\t<label>` line per image")
@@ -200,6 +207,9 @@ class ZipMapDataset(Dataset):
         except (zipfile.BadZipFile, zlib.error, OSError, EOFError) as err:
             raise DataError(f"image {self.zip_path}:{name} cannot be read from the zip ({err}); the zip is "
                             "damaged: copy it again") from None
+        except (RuntimeError, NotImplementedError) as err:  # an encrypted member, an unsupported compression
+            raise DataError(f"image {self.zip_path}:{name} cannot be read from the zip ({err}); write the zip "
+                            "again unencrypted, its members stored or deflated") from None
 
     def _read(self, index: int) -> bytes:
         if index in self._cache:

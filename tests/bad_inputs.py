@@ -5,6 +5,7 @@ import os
 import struct
 import zipfile
 import zlib
+from typing import Optional
 
 from PIL import Image
 
@@ -84,3 +85,19 @@ def corrupt_member_crc(zip_path: str, member: str) -> None:
         byte = f.read(1)
         f.seek(data_at)
         f.write(bytes([byte[0] ^ 0xFF]))
+
+
+def patch_member_entry(zip_path: str, member: str, flag_bits: int = 0, method: Optional[int] = None) -> None:
+    """Set general-purpose flag bits (1: encrypted) or the compression method of a member's central-directory
+    entry, which is what zipfile reads them from: the member then cannot be read without a password or a codec."""
+    data = bytearray(open(zip_path, "rb").read())
+    at = data.find(b"PK\x01\x02")
+    while at != -1:
+        name_length = struct.unpack_from("<H", data, at + 28)[0]
+        if bytes(data[at + 46:at + 46 + name_length]) == member.encode():
+            struct.pack_into("<H", data, at + 8, struct.unpack_from("<H", data, at + 8)[0] | flag_bits)
+            if method is not None:
+                struct.pack_into("<H", data, at + 10, method)
+        at = data.find(b"PK\x01\x02", at + 4)
+    with open(zip_path, "wb") as f:
+        f.write(data)

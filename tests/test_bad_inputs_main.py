@@ -9,11 +9,20 @@ import os
 import shutil
 import subprocess
 import sys
+import types
 import zipfile
 
 import pytest
 import torch
-from bad_inputs import assert_one_error_line, call, corrupt_member_crc, image_tree, png_header_only, zip_tree
+from bad_inputs import (
+    assert_one_error_line,
+    call,
+    corrupt_member_crc,
+    image_tree,
+    patch_member_entry,
+    png_header_only,
+    zip_tree,
+)
 from conftest import ROOT, TINY_CFG, assert_torchrun_user_error, assert_user_error, digest, run_main
 
 import main as main_module
@@ -85,6 +94,23 @@ def files(tmp_path_factory, finished):
     pretraining = load_config(TINY_CFG, ["MODEL.SIMMIM.PRETRAIN", "True", "DATA.MASK_PATCH_SIZE", "8"])
     paths["simmim"] = str(root / "simmim.pth")
     torch.save({"model": build_model(pretraining).state_dict(), "config": pretraining.dump()}, paths["simmim"])
+    state = torch.load(checkpoint, weights_only=True)
+    gone = types.ModuleType("swin_test_gone")  # a module of someone else's code, present only while saving
+
+    class Gone:
+        pass
+
+    Gone.__module__, Gone.__qualname__, gone.Gone = "swin_test_gone", "Gone", Gone
+    sys.modules["swin_test_gone"] = gone
+    try:
+        paths["foreign"] = str(root / "foreign.pth")
+        torch.save({**state, "extra": Gone()}, paths["foreign"])
+    finally:
+        del sys.modules["swin_test_gone"]
+    paths["int_key"] = str(root / "int_key.pth")
+    torch.save({**state, "model": {**state["model"], 3: torch.zeros(1)}}, paths["int_key"])
+    paths["bad_progress"] = str(root / "bad_progress.pth")
+    torch.save({**state, "resume_at": ("one", 0)}, paths["bad_progress"])
     paths["folder"] = str(root)
     paths["long"] = str(root / ("x" * 300))
     return paths
@@ -141,6 +167,9 @@ VALUE_CASES.update({
     "text for a list": (t(opts=("MODEL.SWIN.DEPTHS", "two")), ("MODEL.SWIN.DEPTHS",)),
     "depths and heads of other lengths": (t(opts=("MODEL.SWIN.DEPTHS", "[2, 2, 2]")), ("same length",)),
     "warm-up as long as training": (t(opts=("TRAIN.WARMUP_EPOCHS", "2")), ("TRAIN.WARMUP_EPOCHS",)),
+    "first epoch past the last": (t(opts=("TRAIN.START_EPOCH", "5")), ("TRAIN.START_EPOCH is 5", "TRAIN.EPOCHS 2")),
+    "unknown RandAugment policy": (t(opts=("AUG.AUTO_AUGMENT", "'xyz'")), ("AUG.AUTO_AUGMENT", "'xyz'")),
+    "RandAugment policy with a bad magnitude": (t(opts=("AUG.AUTO_AUGMENT", "'rand-mx'")), ("AUG.AUTO_AUGMENT",)),
     "cutmix min above max": (t(opts=("AUG.CUTMIX_MINMAX", "[0.8, 0.2]")), ("AUG.CUTMIX_MINMAX", "min < max")),
     "windows cannot tile": (t(opts=("DATA.IMG_SIZE", "48", "MODEL.SWIN.WINDOW_SIZE", "5")), ("does not tile",)),
     "size not divisible": (t(opts=("DATA.IMG_SIZE", "36")), ("DATA.IMG_SIZE 36",)),
@@ -180,6 +209,8 @@ COMMAND_LINE_CASES = {
     "missing cfg": (((), ()), ("--cfg",)),
     "flag without value": (t("--data-path"), ("--data-path",)),
     "eval without weights": (t("--eval"), ("--eval needs weights",)),
+    "a data path the dataset would not read": (t("--data-path", "{folder}"),
+                                               ("would not be read", "DATA.DATASET is 'digits'")),
     "timm's --lr": (t("--lr", "1e-3"), ("--lr", "--opts TRAIN.BASE_LR 1e-3", "per 512 images")),
     "timm's --epochs=N": (t("--epochs=5"), ("--opts TRAIN.EPOCHS 5",)),
     "timm's -b": (t("-b", "4"), ("here it is --batch-size",)),
@@ -215,6 +246,13 @@ CHECKPOINT_CASES = {
     "pretrained text": (t("--tag", "fresh", "--pretrained", "{notes}"), ("notes.txt cannot be read",)),
     "pretrained NaN": (t("--tag", "fresh", "--pretrained", "{nan_ckpt}"), ("non-finite values",)),
     "eval from a truncated file": (t("--eval", "--resume", "{cut}"), ("cut.pth cannot be read",)),
+    "pickles a class from elsewhere": (t("--resume", "{foreign}"), ("foreign.pth cannot be read", "swin_test_gone")),
+    "eval of one that pickles a class from elsewhere": ((("--eval", "--resume", "{foreign}"), ()),
+                                                        ("foreign.pth cannot be read",)),
+    "weights under a number": (t("--resume", "{int_key}"), ("int_key.pth has a weight named 3",)),
+    "pretrained weights under a number": (t("--tag", "fresh", "--pretrained", "{int_key}"), ("weight named 3",)),
+    "progress entry of the wrong type": (t("--resume", "{bad_progress}"),
+                                         ("bad_progress.pth has a malformed progress entry",)),
     "SimMIM pre-training resumed as a classifier": (t("--resume", "{simmim}"),
                                                     ("simmim.pth is SimMIM pre-training", "--pretrained")),
     "SimMIM pre-training evaluated as a classifier": (t("--eval", "--resume", "{simmim}"),
@@ -243,7 +281,8 @@ def _data_files(root) -> dict:
     sets["no_images"] = str(root / "no_images")
     (root / "file_not_folder").write_text("x")
     sets["file_not_folder"] = str(root / "file_not_folder")
-    for name in ("not_zip", "cut_zip", "negative", "val_out_of_range", "latin1_map", "bad_line", "missing_member"):
+    for name in ("not_zip", "cut_zip", "negative", "val_out_of_range", "latin1_map", "bad_line", "missing_member",
+                 "huge_label", "encrypted", "unknown_method"):
         sets[name] = zip_tree(str(root / name))
     (root / "not_zip" / "train.zip").write_text("hello")
     cut = root / "cut_zip" / "train.zip"
@@ -254,6 +293,9 @@ def _data_files(root) -> dict:
     (root / "latin1_map" / "train_map.txt").write_bytes("a/0.png\t0\nb/é.png\t1\n".encode("latin-1"))
     (root / "bad_line" / "train_map.txt").write_text("a/0.png 0\n")
     (root / "missing_member" / "train_map.txt").write_text("a/0.png\t0\na/99.png\t1\n")
+    (root / "huge_label" / "train_map.txt").write_text("a/0.png\t0\nb/0.png\t99999999999999999999\n")
+    patch_member_entry(str(root / "encrypted" / "train.zip"), "a/3.png", flag_bits=1)
+    patch_member_entry(str(root / "unknown_method" / "train.zip"), "a/3.png", method=99)
     return sets
 
 
@@ -270,6 +312,12 @@ DATA_CASES = {
     "map not UTF-8": (("{latin1_map}", ("DATA.ZIP_MODE", "True")), ("train_map.txt is not UTF-8",)),
     "map line without a tab": (("{bad_line}", ("DATA.ZIP_MODE", "True")), ("train_map.txt line 1",)),
     "map names a missing member": (("{missing_member}", ("DATA.ZIP_MODE", "True")), ("a/99.png",)),
+    "label with twenty digits": (("{huge_label}", ("DATA.ZIP_MODE", "True")),
+                                 ("train_map.txt line 2", "label 99999999999999999999")),
+    "encrypted member": (("{encrypted}", ("DATA.ZIP_MODE", "True", "DATA.CACHE_MODE", "'full'")),
+                         ("train.zip:a/3.png cannot be read", "unencrypted")),
+    "member of an unknown compression": (("{unknown_method}", ("DATA.ZIP_MODE", "True", "DATA.CACHE_MODE", "'full'")),
+                                         ("train.zip:a/3.png cannot be read",)),
     "pre-training on a folder without images": (("{no_images}", PRETRAIN), ("no_images holds no images",)),
     "pre-training on a broken zip": (("{cut_zip}", (*PRETRAIN, "DATA.ZIP_MODE", "True")),
                                      ("train.zip cannot be opened",)),

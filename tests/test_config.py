@@ -114,7 +114,8 @@ def test_validation_fails_early(opts, message):
 
 def test_get_config_applies_flags_and_output_folder(monkeypatch):
     monkeypatch.setenv("LOCAL_RANK", "3")
-    args = argparse.Namespace(cfg=TINY_CFG, opts=None, batch_size=4, data_path="/d", zip=True, cache_mode="no",
+    args = argparse.Namespace(cfg=TINY_CFG, opts=["DATA.DATASET", "imagenet"], batch_size=4, data_path="/d", zip=True,
+                              cache_mode="no",
                               pretrained=None, resume="r.pth", accumulation_steps=2, use_checkpoint=True,
                               disable_amp=True, output="out", tag="t1", eval=True, throughput=False, optim="sgd",
                               num_classes=None, amp_dtype="bf16", device="cpu", local_rank=None)

@@ -52,13 +52,15 @@ def straight(tmp_path_factory):
     return output
 
 
-def test_sigterm_mid_epoch_then_rerun_matches_an_uninterrupted_run(straight, tmp_path):
+@pytest.mark.parametrize("name", ["SIGTERM", "SIGHUP"])  # a launcher's stop; a closed terminal or SSH session
+def test_a_stop_signal_mid_epoch_then_rerun_matches_an_uninterrupted_run(name, straight, tmp_path):
+    sig = getattr(signal, name)
     process = popen_main(tmp_path)
     wait_for_line(process, r"train 1 \[41/")
-    process.send_signal(signal.SIGTERM)
+    process.send_signal(sig)
     _, stderr = process.communicate(timeout=120)
-    assert process.returncode == 128 + signal.SIGTERM, stderr
-    assert re.search(r"interrupted: stopped by SIGTERM; saved .*ckpt_epoch_1_step_\d+\.pth", stderr)
+    assert process.returncode == 128 + sig, stderr
+    assert re.search(rf"interrupted: stopped by {name}; saved .*ckpt_epoch_1_step_\d+\.pth", stderr)
     result = run_main("--cfg", TINY_CFG, "--output", str(tmp_path), *DIGITS)
     assert result.returncode == 0, result.stderr[-2000:]
     assert re.search(r"resumed from .*ckpt_epoch_1_step_\d+\.pth: epoch 1, \d+ batches done", result.stdout)
