@@ -1,13 +1,16 @@
 """Every tool takes bad input as main.py does: one `error:` line naming the thing, exit code 2, no traceback,
 and nothing it was pointed at changed."""
 
+import errno
 import os
+import signal
 
 import pytest
 import torch
 from bad_inputs import assert_one_error_line, call, image_tree, png_bytes
 from conftest import TINY_CFG, digest
 
+from cli import run_command
 from data import make_map
 from tools import convert, export, plot_metrics, predict, reconstruct, summary, zoo
 
@@ -41,6 +44,14 @@ def files(tmp_path_factory):
     (root / "val_gap").mkdir()
     (root / "val_gap" / "metrics.jsonl").write_text(record + '{"epoch": 1, "train_loss": 1.0, "lr": 0.001}\n')
     paths["val_gap"] = str(root / "val_gap")
+    for name, text in (("odd_epochs", record + record.replace('"epoch": 0', '"epoch": "x"')),
+                       ("null_top1", record.replace('"val_top1": 50.0', '"val_top1": null'))):
+        (root / name).mkdir()
+        (root / name / "metrics.jsonl").write_text(text)
+        paths[name] = str(root / name)
+    (root / "not_utf8").mkdir()
+    (root / "not_utf8" / "metrics.jsonl").write_bytes(b"\xff\xfe" + record.encode())
+    paths["not_utf8"] = str(root / "not_utf8")
     pretraining = load_config(TINY_CFG, ["MODEL.SIMMIM.PRETRAIN", "True", "DATA.MASK_PATCH_SIZE", "8"])
     paths["simmim"] = str(root / "simmim.pth")
     torch.save({"model": build_model(pretraining).state_dict(), "config": pretraining.dump()}, paths["simmim"])
@@ -65,6 +76,10 @@ CASES = {
         "output in a missing folder": (["{images}", "--cfg", TINY_CFG, "--output", "/no/such/dir/p.json"],
                                        ("/no/such/dir/p.json",)),
         "undecodable image": (["{bad_image}", "--cfg", TINY_CFG, "--random-weights"], ("bad.png cannot be decoded",)),
+        "undecodable image after good ones": (["{images}", "{bad_image}", "--cfg", TINY_CFG, "--random-weights",
+                                               "--batch-size", "1"], ("bad.png cannot be decoded",)),
+        "output is a folder": (["{images}", "--cfg", TINY_CFG, "--random-weights", "--output", "{out}"],
+                               ("is a folder",)),
         "no weights": (["{images}", "--cfg", TINY_CFG], ("needs weights", "--random-weights")),
         "weights and random": (["{images}", "--resume", "{ckpt}", "--random-weights"], ("contradict",)),
         "checkpoint without config, no --cfg": (["{images}", "--resume", "{ckpt}"], ("carries no config", "--cfg")),
@@ -116,12 +131,19 @@ CASES = {
         "two runs": (["{run}", "{run}"], ("unrecognized arguments",)),
         "record without a figure": (["{train_only}"], ("has no lr",)),
         "a validation figure missing in one epoch": (["{val_gap}"], ("epoch 1 has no val_loss",)),
+        "an epoch that is not a number": (["{odd_epochs}"], ("line 2", "whole epoch number")),
+        "a figure that is null": (["{null_top1}"], ("epoch 0 has null for val_top1, not a number",)),
+        "metrics not UTF-8": (["{not_utf8}"], ("not UTF-8",)),
+        "output of a format matplotlib lacks": (["{run}", "--output", "{out}/c.xyz"], ("c.xyz", ".xyz files")),
+        "output onto the metrics file": (["{run}", "--output", "{run}/metrics.jsonl"], (".jsonl files",)),
+        "output is a folder": (["{run}", "--output", "{out}"], ("is a folder",)),
     },
     convert.main: {
         "missing input": (["--to", "timm", "/no/in.pth", "{out}/out.pth"], ("/no/in.pth",)),
         "text input": (["--to", "timm", "{notes}", "{out}/out.pth"], ("notes.txt",)),
         "wrong layout": (["--from", "timm", "{ckpt}", "{out}/out.pth"], ("reference layout, not the timm one", "--to")),
         "output in a missing folder": (["--to", "timm", "{ckpt}", "/no/such/dir/out.pth"], ("/no/such/dir",)),
+        "output is a folder": (["--to", "timm", "{ckpt}", "{out}"], ("is a folder",)),
         "no direction": (["{ckpt}", "{out}/out.pth"], ("--to",)),
         "unknown layout": (["--to", "keras", "{ckpt}", "{out}/out.pth"], ("keras",)),
     },
@@ -132,6 +154,7 @@ CASES = {
         "mismatched checkpoint": (["--cfg", TINY_CFG, "--output", "{out}/m.onnx", "--resume", "{ckpt}", "--opts",
                                    "MODEL.SWIN.EMBED_DIM", "32"], ("does not fit",)),
         "opset zero": (["--cfg", TINY_CFG, "--output", "{out}/m.onnx", "--opset", "0"], ("--opset",)),
+        "output is a folder": (["--cfg", TINY_CFG, "--output", "{out}", "--format", "torchscript"], ("is a folder",)),
         "truncated checkpoint": (["--cfg", TINY_CFG, "--output", "{out}/m.onnx", "--resume", "{cut}"],
                                  ("cut.pth",)),
     },
@@ -163,3 +186,32 @@ def test_tool_bad_input_is_one_line_and_changes_nothing(name, files, tmp_path, c
 
 def test_every_tool_has_cases():
     assert all(len(cases) >= 4 for cases in CASES.values()) and len(TABLE) >= 40
+
+
+def _raises(error: BaseException):
+    def body() -> int:
+        raise error
+    return body
+
+
+@pytest.mark.parametrize("error, fragments", [
+    (OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), "/out/preds.json"),
+     ("/out/preds.json cannot be written", os.strerror(errno.ENOSPC))),
+    (OSError(errno.EROFS, os.strerror(errno.EROFS), "/out/m.onnx"), ("/out/m.onnx cannot be written",)),
+    (OSError(errno.EDQUOT, os.strerror(errno.EDQUOT)), ("an output file cannot be written",)),
+])
+def test_the_shared_error_path_makes_a_full_or_read_only_disk_one_line(error, fragments, capsys):
+    code, out, err = call(lambda argv: run_command(_raises(error)), [], capsys)
+    assert_one_error_line(code, out, err, *fragments)
+
+
+def test_ctrl_c_outside_training_is_one_line_and_the_signals_exit_code(capsys):
+    code = run_command(_raises(KeyboardInterrupt()))
+    err = capsys.readouterr().err
+    assert code == 128 + signal.SIGINT and err.count("\n") == 1 and err.startswith("interrupted:")
+    assert run_command(_raises(KeyboardInterrupt()), show_errors=False) == 130 and not capsys.readouterr().err
+
+
+def test_other_os_errors_stay_bugs_with_their_traceback():
+    with pytest.raises(OSError, match="Input/output error"):
+        run_command(_raises(OSError(errno.EIO, os.strerror(errno.EIO))))

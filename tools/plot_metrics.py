@@ -17,7 +17,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from cli import StrictParser, run_command  # noqa: E402
-from utils import UserError, require_folder_of  # noqa: E402
+from utils import UserError, require_folder_of, write_atomically  # noqa: E402
 
 # The figures each epoch record must hold to be drawn (top-5 is drawn where it was measured: over 5 classes);
 # SimMIM pre-training has no validation.
@@ -38,22 +38,52 @@ def read_metrics(run_dir: str) -> list[dict]:
     by_epoch = {}
     try:
         with open(path, encoding="utf-8") as f:
-            for number, line in enumerate(f, 1):
-                if line.strip():
-                    record = json.loads(line)
-                    by_epoch[record["epoch"]] = record
-    except (ValueError, KeyError, TypeError):
-        raise UserError(f"{path} line {number} is not a metrics record (JSON with an epoch); pass the "
-                        "metrics.jsonl that training wrote") from None
+            lines = f.read().splitlines()
+    except UnicodeDecodeError as err:
+        raise UserError(f"{path} is not UTF-8 text (byte {err.start}); pass the metrics.jsonl that training "
+                        "wrote") from None
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+            epoch = record["epoch"]
+        except (ValueError, KeyError, TypeError):
+            record = epoch = None
+        if not isinstance(epoch, int) or isinstance(epoch, bool) or epoch < 0:
+            raise UserError(f"{path} line {number} is not a metrics record (JSON with a whole epoch number); pass "
+                            "the metrics.jsonl that training wrote")
+        by_epoch[epoch] = record
     if not by_epoch:
         raise UserError(f"{path} holds no epochs yet; plot it after the first epoch has ended")
     wanted = _PLOTTED_PRETRAINING if is_pretraining(list(by_epoch.values())) else _PLOTTED
     for record in by_epoch.values():
-        missing = [key for key in wanted if key not in record]
-        if missing:
-            raise UserError(f"{path} epoch {record['epoch']} has no {missing[0]}; pass the metrics.jsonl that "
-                            "training wrote")
+        odd = next((key for key in wanted if not _is_number(record.get(key))), None)
+        if odd is not None:
+            what = f"{json.dumps(record[odd])[:20]} for {odd}, not a number" if odd in record else f"no {odd}"
+            raise UserError(f"{path} epoch {record['epoch']} has {what}; pass the metrics.jsonl that training wrote")
     return [by_epoch[e] for e in sorted(by_epoch)]
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def output_path(output: str) -> str:
+    """The file the plot goes to: `output` with an image format matplotlib writes (a name without one gets .png);
+    a one-line UserError for another extension or a folder that cannot take it."""
+    require_folder_of(output)
+    extension = os.path.splitext(output)[1][1:].lower()
+    if not extension:
+        output, extension = output + ".png", "png"
+    from matplotlib.backend_bases import FigureCanvasBase
+
+    supported = FigureCanvasBase.get_supported_filetypes()
+    if extension not in supported:
+        raise UserError(f"--output {output}: matplotlib cannot write .{extension} files; end the name with .png, "
+                        ".pdf or .svg")
+    require_folder_of(output)
+    return output
 
 
 def step_lrs(run_dir: str) -> list[tuple[int, float]]:
@@ -123,7 +153,7 @@ def plot(records: list[dict], output: str, title: str, steps: list[tuple[int, fl
     ax_loss.legend()
     fig.suptitle(title)
     fig.tight_layout()
-    fig.savefig(output, dpi=100)
+    write_atomically(output, lambda tmp: fig.savefig(tmp, dpi=100, format=os.path.splitext(output)[1][1:].lower()))
     plt.close(fig)
 
 
@@ -137,10 +167,8 @@ def main(argv: Optional[list[str]] = None) -> int:
 
 def _plot(args: argparse.Namespace) -> int:
     records = read_metrics(args.run)
-    if args.output:
-        require_folder_of(args.output)
     run_dir = args.run if os.path.isdir(args.run) else os.path.dirname(args.run)
-    output = args.output or os.path.join(run_dir, "curves.png")
+    output = output_path(args.output or os.path.join(run_dir, "curves.png"))
     steps = step_lrs(run_dir)
     plot(records, output, os.path.normpath(run_dir), steps)
     if is_pretraining(records):

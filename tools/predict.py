@@ -11,6 +11,7 @@ the config's evaluation transform, in batches.
 import argparse
 import csv
 import glob
+import io
 import json
 import os
 import sys
@@ -28,7 +29,7 @@ from data.datasets import decode_image  # noqa: E402
 from data.transforms import build_transform  # noqa: E402
 from runtime import keep_freed_memory, prepare_for_inference  # noqa: E402
 from tools.model_source import add_model_arguments, model_from_arguments  # noqa: E402
-from utils import DataError, UserError, require_folder_of  # noqa: E402
+from utils import DataError, UserError, require_folder_of, save_text  # noqa: E402
 
 
 def expand_inputs(inputs: list[str]) -> list[str]:
@@ -73,8 +74,9 @@ def predict(model: torch.nn.Module, transform: object, paths: list[str], topk: i
         for path, values, indices in zip(batch_paths, top.values.tolist(), top.indices.tolist()):
             results.append((path, list(zip(indices, values))))
         done = start + len(batch_paths)
-        eta = (time.time() - started) / done * (len(paths) - done)
-        print(f"predict [{done}/{len(paths)}] eta {eta:.0f}s", file=sys.stderr, flush=True)
+        if sys.stderr.isatty():  # progress for a person watching; a script's stderr keeps only an error line
+            eta = (time.time() - started) / done * (len(paths) - done)
+            print(f"predict [{done}/{len(paths)}] eta {eta:.0f}s", file=sys.stderr, flush=True)
     return results
 
 
@@ -86,15 +88,15 @@ def write_results(results: list, names: list[str], output: Optional[str]) -> Non
     if not output:
         return
     if output.endswith(".csv"):
-        with open(output, "w", newline="", encoding="utf-8") as f:
-            writer = csv.writer(f)
-            writer.writerow(["path", "rank", "index", "name", "prob"])
-            for row in rows:
-                writer.writerows([row["path"], rank, t["index"], t["name"], t["prob"]]
-                                 for rank, t in enumerate(row["top"], 1))
+        text = io.StringIO(newline="")
+        writer = csv.writer(text)
+        writer.writerow(["path", "rank", "index", "name", "prob"])
+        for row in rows:
+            writer.writerows([row["path"], rank, t["index"], t["name"], t["prob"]]
+                             for rank, t in enumerate(row["top"], 1))
+        save_text(text.getvalue(), output)
     else:
-        with open(output, "w", encoding="utf-8") as f:
-            json.dump(rows, f, indent=1)
+        save_text(json.dumps(rows, indent=1), output)
     print(f"wrote {len(rows)} predictions to {output}")
 
 

@@ -28,7 +28,7 @@ from data.transforms import build_transform  # noqa: E402
 from models.simmim import SimMIM, local_statistics, pixel_mask  # noqa: E402
 from tools.model_source import add_model_arguments, model_from_arguments  # noqa: E402
 from tools.predict import expand_inputs  # noqa: E402
-from utils import require_folder_of  # noqa: E402
+from utils import require_folder_of, write_atomically  # noqa: E402
 
 COLUMNS = ("original", "masked input", "reconstruction")
 _TILE_PX = 128  # small images are enlarged (nearest) to about this size, so 32px ones can be seen
@@ -67,7 +67,7 @@ def write_grid(rows: list[tuple[torch.Tensor, ...]], path: str) -> None:
     for row, tensors in enumerate(rows):
         for column, image in enumerate(tensors):
             grid.paste(to_pixels(image, scale), (column * tile, _HEADER_PX + row * tile))
-    grid.save(path)
+    write_atomically(path, lambda tmp: grid.save(tmp, format="PNG"))
 
 
 def main(argv: Optional[list[str]] = None) -> int:
