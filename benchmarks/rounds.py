@@ -9,8 +9,8 @@ def medians(per_round: dict[str, list[float]]) -> dict[str, float]:
 
 
 def paired_ratio(per_round: dict[str, list[float]], ours: str, peers: tuple[str, ...]) -> float:
-    """The median over rounds of ours over the best peer of the same round: a drift in the machine's speed
-    between rounds falls on both sides of each ratio, where a ratio of medians would take it from different
-    rounds."""
-    return statistics.median(per_round[ours][r] / max(per_round[p][r] for p in peers)
-                             for r in range(len(per_round[ours])))
+    """Ours over the best peer (the one with the highest median rate): the median over rounds of the two rates'
+    ratio within a round, so a drift in the machine's speed between rounds falls on both sides of each ratio.
+    (The best peer of each round instead would pick every round's luckiest noise among close peers.)"""
+    best = max(peers, key=lambda name: statistics.median(per_round[name]))
+    return statistics.median(o / b for o, b in zip(per_round[ours], per_round[best]))
