@@ -131,6 +131,11 @@ def validate_config(cfg: CN) -> None:
         raise ConfigError(f"TRAIN.START_EPOCH is {cfg.TRAIN.START_EPOCH} with TRAIN.EPOCHS {cfg.TRAIN.EPOCHS}; the "
                           "first epoch to run must come before the last (epochs count from 0)")
     _validate_auto_augment(cfg.AUG.AUTO_AUGMENT)
+    for full_key in ("MODEL.NAME", "TAG"):  # each names one folder level of the output path
+        name = value_at(cfg, full_key)
+        if name in ("", ".", "..") or "/" in name or "\\" in name:
+            raise ConfigError(f"config key {full_key} is {name!r}; it names a folder under the output root, so give "
+                              "a plain name without slashes (the output root is --output)")
     if cfg.AUG.CUTMIX_MINMAX is not None and cfg.AUG.CUTMIX_MINMAX[0] >= cfg.AUG.CUTMIX_MINMAX[1]:
         raise ConfigError(f"config key AUG.CUTMIX_MINMAX is {list(cfg.AUG.CUTMIX_MINMAX)}; give [min, max] with "
                           "min < max")

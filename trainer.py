@@ -215,9 +215,12 @@ class Training:
         self.differences = (settings_differences(point.config_text, self.config, point.world_size,
                                                  self.rt.world_size) if point.config_text else {})
         self._check_resumable(point)
-        if "optimizer" in payload:
+        if isinstance(payload.get("optimizer"), dict) and "state" in payload["optimizer"]:
             restore_optimizer(ctx.optimizer, payload, self.bare, path)
             restore_scaler(ctx.scaler, payload)
+        else:
+            self.logger.warning(f"{path} holds no optimizer state: the optimizer's moments start afresh, so this "
+                                "continuation is not what an uninterrupted run would have done")
         self._start_ema(payload.get("model_ema"), path)
         if len(point.rng) == self.rt.world_size:
             self.rt.set_rng_state(point.rng[self.rt.rank])

@@ -154,6 +154,8 @@ CASES = {
         "mismatched checkpoint": (["--cfg", TINY_CFG, "--output", "{out}/m.onnx", "--resume", "{ckpt}", "--opts",
                                    "MODEL.SWIN.EMBED_DIM", "32"], ("does not fit",)),
         "opset zero": (["--cfg", TINY_CFG, "--output", "{out}/m.onnx", "--opset", "0"], ("--opset",)),
+        "opset from the future": (["--cfg", TINY_CFG, "--output", "{out}/m.onnx", "--opset", "999"],
+                                  ("--opset 999", "at most")),
         "output is a folder": (["--cfg", TINY_CFG, "--output", "{out}", "--format", "torchscript"], ("is a folder",)),
         "truncated checkpoint": (["--cfg", TINY_CFG, "--output", "{out}/m.onnx", "--resume", "{cut}"],
                                  ("cut.pth",)),

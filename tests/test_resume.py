@@ -283,3 +283,13 @@ def test_a_fine_tunes_ema_starts_from_the_pretrained_weights(straight, tmp_path)
     start = weights(straight)
     for key in ("patch_embed.proj.weight", "layers.1.blocks.1.mlp.fc2.weight", "head.weight"):
         torch.testing.assert_close(ema[key], start[key], atol=1e-3, rtol=0)
+
+
+def test_a_checkpoint_without_optimizer_state_resumes_and_says_it_is_not_exact(straight, tmp_path):
+    path = str(tmp_path / "weights_and_progress.pth")  # auto-resume passes such a file by; --resume takes it
+    payload = torch.load(os.path.join(run_dir(straight), "ckpt_epoch_0.pth"), weights_only=True)
+    del payload["optimizer"]
+    torch.save(payload, path)
+    result = ok(run(command(tmp_path / "out", flags=("--resume", path))))
+    assert "holds no optimizer state" in result.stdout + result.stderr
+    assert "resumed from" in result.stdout and [line["epoch"] for line in metrics_lines(tmp_path / "out")] == [0, 1]

@@ -20,7 +20,7 @@ sys.path.insert(0, ROOT)
 
 from cli import StrictParser, positive_int, run_command  # noqa: E402
 from tools.model_source import add_model_arguments, model_from_arguments  # noqa: E402
-from utils import require_folder_of  # noqa: E402
+from utils import UserError, require_folder_of  # noqa: E402
 
 # ONNX files are protobufs, limited to 2 GB: larger models keep their weights in an external-data file beside.
 _ONNX_ONE_FILE_BYTES = 1_800_000_000
@@ -72,8 +72,22 @@ def main(argv: Optional[list[str]] = None) -> int:
     return run_command(lambda: _export(args))
 
 
+def _check_opset(opset: int) -> None:
+    """A one-line UserError for an ONNX opset newer than the installed onnx package defines."""
+    try:
+        import onnx
+    except ImportError:
+        return  # torch.onnx then names the missing package itself
+    newest = onnx.defs.onnx_opset_version()
+    if opset > newest:
+        raise UserError(f"--opset {opset} is newer than the installed onnx defines (at most {newest}); pick {newest} "
+                        "or lower")
+
+
 def _export(args: argparse.Namespace) -> int:
     require_folder_of(args.output)
+    if args.format == "onnx":
+        _check_opset(args.opset)
     model, config, _ = model_from_arguments(args)
     if not args.resume:
         print("warning: no --resume: exporting random weights")
