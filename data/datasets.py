@@ -148,13 +148,13 @@ def read_map_file(path: str) -> list[tuple[str, int]]:
         parts = line.split("\t")
         if len(parts) != 2 or not parts[1].strip().lstrip("-").isdigit():
             raise DataError(f"map file {path} line {number} is not `<path>\\t<label>`: {line.strip()[:80]!r}")
-        if int(parts[1]) < 0:
-            raise DataError(f"map file {path} line {number} has label {int(parts[1])}; labels count from 0")
-        if int(parts[1]) >= MAX_CLASSES:
-            raise DataError(f"map file {path} line {number} has label {int(parts[1])}, which would make "
-                            f"{int(parts[1]) + 1:,} classes; labels number the classes from 0 "
-                            f"(at most {MAX_CLASSES:,})")
-        entries.append((parts[0], int(parts[1])))
+        label = int(parts[1])
+        if label < 0:
+            raise DataError(f"map file {path} line {number} has label {label}; labels count from 0")
+        if label >= MAX_CLASSES:
+            raise DataError(f"map file {path} line {number} has label {label}, which would make {label + 1:,} "
+                            f"classes; labels number the classes from 0 (at most {MAX_CLASSES:,})")
+        entries.append((parts[0], label))
     if not entries:
         raise DataError(f"map file {path} is empty; it needs one `<path>\\t<label>` line per image")
     return entries

@@ -71,7 +71,8 @@ def _is_number(value: object) -> bool:
 
 def output_path(output: str) -> str:
     """The file the plot goes to: `output` with an image format matplotlib writes (a name without one gets .png);
-    a one-line UserError for another extension or a folder that cannot take it."""
+    a one-line UserError for another extension or a folder that cannot take it (checked once, on the name given:
+    an added .png lands in the same folder)."""
     require_folder_of(output)
     extension = os.path.splitext(output)[1][1:].lower()
     if not extension:
@@ -82,7 +83,6 @@ def output_path(output: str) -> str:
     if extension not in supported:
         raise UserError(f"--output {output}: matplotlib cannot write .{extension} files; end the name with .png, "
                         ".pdf or .svg")
-    require_folder_of(output)
     return output
 
 
