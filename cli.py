@@ -7,12 +7,13 @@ permission), becomes one line and exit code 2; anything else is a bug and keeps 
 """
 
 import argparse
+import contextlib
 import difflib
 import signal
 import sys
-from typing import Callable, NoReturn, Optional
+from typing import Callable, Iterator, NoReturn, Optional, TextIO
 
-from utils import WRITE_ERRNOS, UserError, report_user_error
+from utils import WRITE_ERRNOS, UserError, discard_stdout, report_user_error
 
 
 class StrictParser(argparse.ArgumentParser):
@@ -61,7 +62,13 @@ class StrictParser(argparse.ArgumentParser):
 def run_command(body: Callable[[], int], show_errors: bool = True) -> int:
     """Run a command's body; a user mistake is one `error:` line (when `show_errors`) and exit code 2."""
     try:
-        return body()
+        with _stdout_errors_named():
+            code = body()
+            sys.stdout.flush()  # a full or closed standard output fails here, inside the error path, not at exit
+        return code
+    except BrokenPipeError:  # the reader of our output left (`| head`): stop quietly, as other command lines do
+        discard_stdout()
+        return 128 + signal.SIGPIPE
     except UserError as err:
         return report_user_error(err, show=show_errors or not getattr(err, "agreed", False))
     except (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError, FileExistsError) as err:
@@ -79,6 +86,43 @@ def run_command(body: Callable[[], int], show_errors: bool = True) -> int:
             print("interrupted: stopped by Ctrl-C; nothing new was saved; rerun the command to carry on",
                   file=sys.stderr)
         return 128 + signal.SIGINT
+
+
+class _NamedStdout:
+    """Standard output whose write errors carry the name "standard output", so a full disk or /dev/full behind
+    it is reported as such rather than as some output file."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self._stream = stream
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._stream, name)
+
+    def write(self, text: str) -> int:
+        return self._named(self._stream.write, text)
+
+    def flush(self) -> None:
+        self._named(self._stream.flush)
+
+    @staticmethod
+    def _named(call: Callable, *args: object):
+        try:
+            return call(*args)
+        except OSError as err:
+            if err.filename is None and not isinstance(err, BrokenPipeError):
+                err.filename = "standard output"
+                discard_stdout()  # drop the text still buffered, so exit does not fail on it again
+            raise
+
+
+@contextlib.contextmanager
+def _stdout_errors_named() -> Iterator[None]:
+    stream = sys.stdout
+    sys.stdout = _NamedStdout(stream)
+    try:
+        yield
+    finally:
+        sys.stdout = stream
 
 
 def positive_int(text: str) -> int:

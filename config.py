@@ -15,7 +15,7 @@ from yacs.config import CfgNode as CN
 
 from config_checks import architecture_differences, validate_config
 from models import zoo
-from utils import ConfigError, load_checkpoint_file
+from utils import ConfigError, kind_problem, load_checkpoint_file
 
 _ROOT = os.path.dirname(os.path.abspath(__file__))
 
@@ -368,10 +368,8 @@ class _StrictLoader(yaml.SafeLoader):
 
 
 def _read_yaml(cfg_file: str) -> dict:
-    if os.path.isdir(cfg_file):
-        raise ConfigError(f"config file {cfg_file} is a folder; pass a YAML file to --cfg")
-    if not os.path.isfile(cfg_file):
-        raise ConfigError(f"config file {cfg_file} does not exist; pass an existing YAML file to --cfg")
+    if problem := kind_problem(cfg_file, "file"):
+        raise ConfigError(f"config file {cfg_file} {problem}; pass an existing YAML file to --cfg")
     try:
         with open(cfg_file, encoding="utf-8") as f:
             text = f.read()
@@ -415,6 +413,10 @@ def _merge_file(cfg: CN, cfg_file: str, seen: tuple[str, ...] = ()) -> None:
 def _check_pairs(opts: Sequence[str]) -> None:
     """--opts must alternate KEY VALUE: name the key that lacks its value, not whatever ended up last."""
     keys = set(_all_keys(_C))
+    for position, item in enumerate(opts):
+        key, equals, value = item.partition("=")
+        if equals and (key in keys or position % 2 == 0):  # keys hold no "=", values may
+            raise ConfigError(f"--opts takes KEY VALUE pairs, not {item}; write --opts {key} {value or 'VALUE'}")
     for position in range(1, len(opts), 2):
         if opts[position] in keys:
             raise ConfigError(f"--opts key {opts[position - 1]} has no value ({opts[position]} follows it); "
@@ -557,6 +559,7 @@ def get_config(args: Any) -> CN:
     in a checkpoint written here.
     """
     opts = list(args.opts or ())
+    _check_pairs(opts)  # alone, before the flags' own pairs follow
     for attr, key in _FLAG_KEYS:
         value = getattr(args, attr, None)
         if value is not None:

@@ -1,5 +1,6 @@
 """Rank-aware logging: coloured console on rank 0, a log file per rank, metrics as JSON lines and TensorBoard."""
 
+import contextlib
 import json
 import logging
 import math
@@ -9,7 +10,7 @@ from typing import Optional
 
 from termcolor import colored
 
-from utils import ConfigError, save_text
+from utils import ConfigError, discard_stdout, save_text
 
 
 class _ColourFormatter(logging.Formatter):
@@ -19,6 +20,41 @@ class _ColourFormatter(logging.Formatter):
         return colored(text, colour) if colour else text
 
 
+class _Console(logging.StreamHandler):
+    """Rank 0's console: at its first OS error (a full disk behind it, a closed pipe) it stops, with one warning
+    line on stderr instead of a traceback for every later record; the run and its log files go on."""
+
+    stopped = False
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if not self.stopped:
+            super().emit(record)
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        err = sys.exc_info()[1]
+        if not isinstance(err, OSError):
+            super().handleError(record)
+            return
+        self.stopped = True
+        discard_stdout()  # the text still buffered would fail again at exit
+        if not isinstance(err, BrokenPipeError):  # a reader that left (`| head`) needs no word
+            try:
+                print(f"warning: logging to standard output stopped ({err.strerror}); the run goes on and "
+                      "log_rank0.txt in its folder keeps the log", file=sys.stderr)
+            except OSError:
+                pass
+
+
+class _LogFile(logging.FileHandler):
+    """A run's log file that skips a record it cannot write (a full disk) without a traceback: the checkpoint
+    save that follows meets the same disk and stops the run with one line, and a disk that frees up gets the
+    next records."""
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        if not isinstance(sys.exc_info()[1], OSError):
+            super().handleError(record)
+
+
 def create_logger(output_dir: Optional[str], rank: int, name: str = "swin") -> logging.Logger:
     """A logger that prints on rank 0 (coloured on a terminal) and writes `log_rank{rank}.txt` in `output_dir`."""
     logger = logging.getLogger(f"{name}.rank{rank}")
@@ -26,17 +62,18 @@ def create_logger(output_dir: Optional[str], rank: int, name: str = "swin") -> l
     logger.propagate = False
     for handler in list(logger.handlers):
         logger.removeHandler(handler)
-        handler.close()
+        with contextlib.suppress(OSError):  # a log on a disk that filled up cannot take its last lines
+            handler.close()
     fmt = "[%(asctime)s %(name)s] %(message)s"
     if rank == 0:
-        console = logging.StreamHandler(sys.stdout)
+        console = _Console(sys.stdout)
         formatter = _ColourFormatter if sys.stdout.isatty() else logging.Formatter
         console.setFormatter(formatter(fmt, datefmt="%H:%M:%S"))
         logger.addHandler(console)
     if output_dir:
         try:
             os.makedirs(output_dir, exist_ok=True)
-            file_handler = logging.FileHandler(os.path.join(output_dir, f"log_rank{rank}.txt"), mode="a")
+            file_handler = _LogFile(os.path.join(output_dir, f"log_rank{rank}.txt"), mode="a")
         except OSError as err:
             raise ConfigError(f"output folder {output_dir} cannot be written ({err.strerror}: {err.filename}); "
                               "pass --output a folder you can write to") from None

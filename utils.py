@@ -4,6 +4,7 @@
 everything else is a bug and keeps its traceback.
 """
 
+import contextlib
 import errno
 import glob
 import logging
@@ -15,7 +16,7 @@ import shutil
 import signal
 import sys
 import zipfile
-from typing import Callable, Optional
+from typing import Callable, Iterator, Optional
 
 import numpy as np
 import torch
@@ -84,8 +85,31 @@ def write_to_log_files(line: str) -> None:
                     handler.handle(record)
 
 
+def discard_stdout() -> None:
+    """Point standard output at the null device, dropping what is buffered: for when its reader has gone or its
+    disk is full, so neither later prints nor Python's flush at exit fail again."""
+    try:
+        descriptor = sys.stdout.fileno()
+    except (OSError, ValueError):  # a stream without a descriptor (captured in tests) has nothing to keep
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, descriptor)
+    os.close(devnull)
+
+
 # Free space below which a failed write is taken for a full disk.
 _NEARLY_FULL_BYTES = 4 * 2**20
+
+
+def kind_problem(path: str, kind: str) -> Optional[str]:
+    """Why `path` is not an existing `kind` ("file" or "folder"), worded to follow its name; None when it is."""
+    if os.path.isfile(path) if kind == "file" else os.path.isdir(path):
+        return None
+    if os.path.isdir(path):
+        return "is a folder, not a file"
+    if os.path.exists(path):
+        return "is a file, not a folder" if kind == "folder" else "is not a regular file"
+    return "does not exist"
 
 
 def require_folder_of(path: str) -> None:
@@ -105,16 +129,24 @@ def write_atomically(path: str, write: Callable[[str], None]) -> None:
     require_folder_of(path)
     tmp_path = f"{path}.tmp.{os.getpid()}"
     try:
-        write(tmp_path)
-        os.replace(tmp_path, path)
-    except (OSError, RuntimeError) as err:
-        if not _is_out_of_space(err, os.path.dirname(path) or "."):
-            raise
-        raise UserError(f"no space left on the device of {path}; free some space, or pass --output a folder on "
-                        "another disk, and rerun (files written before are kept; training resumes)") from None
+        with out_of_space_as_user_error(path):
+            write(tmp_path)
+            os.replace(tmp_path, path)
     finally:
         if os.path.exists(tmp_path):
             os.remove(tmp_path)
+
+
+@contextlib.contextmanager
+def out_of_space_as_user_error(path: str) -> Iterator[None]:
+    """Turn a full disk or quota met while writing `path` into a one-line UserError; other errors pass."""
+    try:
+        yield
+    except (OSError, RuntimeError) as err:
+        if not _is_out_of_space(err, os.path.dirname(path) or "."):
+            raise
+        raise UserError(f"no space left on the device of {path}; free some space or write to a folder on another "
+                        "disk, then rerun (what was saved before is kept, and training resumes from it)") from None
 
 
 def _is_out_of_space(err: BaseException, folder: str) -> bool:
@@ -146,22 +178,33 @@ def save_text(text: str, path: str) -> None:
     write_atomically(path, write)
 
 
+# What the reference code's checkpoints pickle beyond tensors and plain values: its config, numpy scalars.
+_REFERENCE_GLOBALS = {"yacs.config.CfgNode", "argparse.Namespace", "numpy.dtype", "numpy.ndarray",
+                      *(f"numpy.{core}.multiarray.{name}" for core in ("core", "_core")
+                        for name in ("_reconstruct", "scalar"))}
+
+
 def load_checkpoint_file(path: str) -> dict:
     """Read a checkpoint as a dict of tensors and plain values, without running pickled code.
 
-    Reference checkpoints that pickled a yacs config fall back to a full unpickle of the
-    user's own file.
+    Reference checkpoints pickle their yacs config (and numpy scalars), which torch's weights-only loader
+    refuses: a file whose pickle names nothing but those and what that loader allows is read in full; one
+    naming any other code (which unpickling would run) is refused.
     """
-    if os.path.isdir(path):
-        raise CheckpointError(f"checkpoint {path} is a folder; pass the checkpoint file inside it")
-    if not os.path.isfile(path):
-        raise CheckpointError(f"checkpoint {path} does not exist; check the path")
+    if problem := kind_problem(path, "file"):
+        raise CheckpointError(f"checkpoint {path} {problem}; pass the path of a checkpoint file (.pth)")
     try:
         try:
             payload = torch.load(path, map_location="cpu", weights_only=True)
         except pickle.UnpicklingError as err:
             if "weights_only" not in str(err):
                 raise
+            foreign = sorted(set(torch.serialization.get_unsafe_globals_in_checkpoint(path)) - _REFERENCE_GLOBALS)
+            if foreign:
+                raise CheckpointError(
+                    f"checkpoint {path} cannot be read: it pickles code from elsewhere ({', '.join(foreign)[:120]}), "
+                    "which is never run here; save its weights as {'model': state_dict} where that code lives"
+                ) from None
             payload = torch.load(path, map_location="cpu", weights_only=False)
     except (RuntimeError, pickle.UnpicklingError, EOFError, zipfile.BadZipFile, ValueError, OSError, AttributeError,
             ImportError, TypeError, IndexError, KeyError) as err:  # a damaged file, or one pickling foreign code

@@ -20,7 +20,7 @@ from data.seeding import SeededSamples
 from data.simmim import MaskedImages, build_mask_generator, build_simmim_transform
 from data.transforms import build_transform
 from runtime import Runtime, keep_freed_memory
-from utils import STOP_SIGNALS, DataError
+from utils import STOP_SIGNALS, DataError, kind_problem
 
 _DEFAULT_NUM_CLASSES = 1000
 # Sizes of the synthetic dataset (DATA.DATASET fake): enough batches for a throughput or smoke run.
@@ -98,8 +98,8 @@ def _check_data_path(config: CfgNode) -> str:
     if not root:
         raise DataError(f"DATA.DATASET {config.DATA.DATASET} needs a dataset; pass --data-path DIR (or use "
                         "DATA.DATASET digits)")
-    if not os.path.isdir(root):
-        raise DataError(f"data path {root} does not exist; pass the folder that holds train/ and val/")
+    if problem := kind_problem(root, "folder"):
+        raise DataError(f"data path {root} {problem}; pass the folder that holds train/ and val/")
     return root
 
 

@@ -16,7 +16,7 @@ from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
-from utils import DataError
+from utils import DataError, kind_problem
 
 Transform = Optional[Callable]
 # The most classes a map file may number: ImageNet-22k has 21,841; a label beyond this is a typo, and the list of
@@ -74,8 +74,8 @@ class ImageFolderDataset(Dataset):
     """`<root>/<class>/<image>` with classes in sorted order, as torchvision's ImageFolder numbers them."""
 
     def __init__(self, root: str, transform: Transform = None) -> None:
-        if not os.path.isdir(root):
-            raise DataError(f"image folder {root} does not exist; point --data-path at a folder with train/ and val/")
+        if problem := kind_problem(root, "folder"):
+            raise DataError(f"image folder {root} {problem}; point --data-path at a folder with train/ and val/")
         self.root = root
         self.transform = transform
         self.classes = sorted(e.name for e in os.scandir(root) if e.is_dir())
@@ -113,8 +113,8 @@ class ImageFilesDataset(Dataset):
     """Every image below `root`, in class folders or not, for training without labels (each gets label 0)."""
 
     def __init__(self, root: str, transform: Transform = None) -> None:
-        if not os.path.isdir(root):
-            raise DataError(f"image folder {root} does not exist; point --data-path at a folder of images")
+        if problem := kind_problem(root, "folder"):
+            raise DataError(f"image folder {root} {problem}; point --data-path at a folder of images")
         self.root = root
         self.transform = transform
         self.files = image_files(root)
@@ -134,8 +134,8 @@ class ImageFilesDataset(Dataset):
 
 def read_map_file(path: str) -> list[tuple[str, int]]:
     """Lines `<path in zip>\\t<label>` of a reference map file (UTF-8, with or without a byte-order mark)."""
-    if not os.path.isfile(path):
-        raise DataError(f"map file {path} does not exist; write it with `python -m data.make_map`")
+    if problem := kind_problem(path, "file"):
+        raise DataError(f"map file {path} {problem}; write it with `python -m data.make_map`")
     entries = []
     try:
         with open(path, encoding="utf-8-sig") as f:
@@ -172,8 +172,8 @@ class ZipMapDataset(Dataset):
         self, zip_path: str, map_path: str, transform: Transform = None, cache_mode: str = "no",
         shard: int = 0, num_shards: int = 1,
     ) -> None:
-        if not os.path.isfile(zip_path):
-            raise DataError(f"zip file {zip_path} does not exist; --zip expects train.zip and val.zip in --data-path")
+        if problem := kind_problem(zip_path, "file"):
+            raise DataError(f"zip file {zip_path} {problem}; --zip expects train.zip and val.zip in --data-path")
         self.zip_path = zip_path
         self.transform = transform
         self.samples = read_map_file(map_path)

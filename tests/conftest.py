@@ -54,6 +54,33 @@ def assert_torchrun_user_error(result: subprocess.CompletedProcess, *fragments: 
         assert fragment in errors[0], errors[0]
 
 
+@pytest.fixture
+def small_disk(tmp_path):
+    """A folder on its own 256 KiB file system; skips where tmpfs cannot be mounted (it needs root)."""
+    disk = tmp_path / "small_disk"
+    disk.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(disk)], capture_output=True
+                      ).returncode:
+        pytest.skip("a small tmpfs cannot be mounted here (needs root)")
+    try:
+        yield disk
+    finally:
+        subprocess.run(["umount", "--lazy", str(disk)], capture_output=True)  # an open log file keeps it busy
+
+
+@pytest.fixture
+def full_disk(small_disk):
+    """`small_disk` filled to the last byte by `filler.bin`."""
+    with open(small_disk / "filler.bin", "wb", buffering=0) as filler:
+        for size in (4096, 1):
+            try:
+                while True:
+                    filler.write(b"\0" * size)
+            except OSError:
+                pass
+    return small_disk
+
+
 def digest(folder: str) -> dict:
     """A hash of every file below `folder` except the run logs, which are appended to by design."""
     hashes = {}

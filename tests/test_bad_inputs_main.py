@@ -107,6 +107,8 @@ def files(tmp_path_factory, finished):
         torch.save({**state, "extra": Gone()}, paths["foreign"])
     finally:
         del sys.modules["swin_test_gone"]
+    paths["runs_code"] = str(root / "runs_code.pth")
+    torch.save({**state, "hook": _WritesAFile(str(root / "ran"))}, paths["runs_code"])
     paths["int_key"] = str(root / "int_key.pth")
     torch.save({**state, "model": {**state["model"], 3: torch.zeros(1)}}, paths["int_key"])
     paths["bad_progress"] = str(root / "bad_progress.pth")
@@ -114,6 +116,16 @@ def files(tmp_path_factory, finished):
     paths["folder"] = str(root)
     paths["long"] = str(root / ("x" * 300))
     return paths
+
+
+class _WritesAFile:
+    """Pickles as a call to open(): unpickling it would create `marker`."""
+
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return open, (self.marker, "w")
 
 
 def t(*argv: str, opts: tuple = ()) -> tuple:
@@ -203,6 +215,10 @@ COMMAND_LINE_CASES = {
     "a key without its value": (t(opts=("TRAIN.EPOCHS", "DATA.BATCH_SIZE", "4")),
                                 ("TRAIN.EPOCHS has no value", "DATA.BATCH_SIZE follows")),
     "last key without value": (t(opts=("TRAIN.EPOCHS",)), ("TRAIN.EPOCHS has no value",)),
+    "opts as KEY=VALUE": (t(opts=("TRAIN.EPOCHS=1",)), ("not TRAIN.EPOCHS=1", "--opts TRAIN.EPOCHS 1")),
+    "opts as KEY=VALUE among pairs": (t(opts=("DATA.BATCH_SIZE", "4", "TRAIN.EPOCHS=1", "TRAIN.WARMUP_EPOCHS", "0")),
+                                      ("not TRAIN.EPOCHS=1",)),
+    "opts as an unknown KEY=VALUE": (t(opts=("TRAIN.EPOCS=1",)), ("not TRAIN.EPOCS=1", "--opts TRAIN.EPOCS 1")),
     "cfg twice": ((("--cfg", TINY_CFG, "--cfg", TINY_CFG), ()), ("--cfg is given 2 times",)),
     "misspelt flag": (t("--batch_sise", "4"), ("--batch_sise", "did you mean --batch-size")),
     "flag value not a number": (t("--batch-size", "many"), ("--batch-size", "invalid int")),
@@ -249,6 +265,9 @@ CHECKPOINT_CASES = {
     "pretrained text": (t("--tag", "fresh", "--pretrained", "{notes}"), ("notes.txt cannot be read",)),
     "pretrained NaN": (t("--tag", "fresh", "--pretrained", "{nan_ckpt}"), ("non-finite values",)),
     "eval from a truncated file": (t("--eval", "--resume", "{cut}"), ("cut.pth cannot be read",)),
+    "would run code when read": (t("--resume", "{runs_code}"), ("runs_code.pth cannot be read", "pickles code")),
+    "pretrained that would run code when read": (t("--tag", "fresh", "--pretrained", "{runs_code}"),
+                                                 ("runs_code.pth cannot be read",)),
     "pickles a class from elsewhere": (t("--resume", "{foreign}"), ("foreign.pth cannot be read", "swin_test_gone")),
     "eval of one that pickles a class from elsewhere": ((("--eval", "--resume", "{foreign}"), ()),
                                                         ("foreign.pth cannot be read",)),
@@ -299,12 +318,27 @@ def _data_files(root) -> dict:
     (root / "huge_label" / "train_map.txt").write_text("a/0.png\t0\nb/0.png\t99999999999999999999\n")
     patch_member_entry(str(root / "encrypted" / "train.zip"), "a/3.png", flag_bits=1)
     patch_member_entry(str(root / "unknown_method" / "train.zip"), "a/3.png", method=99)
+    for name in ("map_is_folder", "zip_is_folder"):
+        sets[name] = zip_tree(str(root / name))
+    os.remove(root / "map_is_folder" / "train_map.txt")
+    (root / "map_is_folder" / "train_map.txt").mkdir()
+    os.remove(root / "zip_is_folder" / "val.zip")
+    (root / "zip_is_folder" / "val.zip").mkdir()
+    sets["train_is_file"] = image_tree(str(root / "train_is_file"))
+    shutil.rmtree(root / "train_is_file" / "train")
+    (root / "train_is_file" / "train").write_text("x")
     return sets
 
 
 DATA_CASES = {
     "missing data path": (("/no/such/data", ()), ("/no/such/data", "does not exist")),
-    "data path is a file": (("{file_not_folder}", ()), ("file_not_folder",)),
+    "data path is a file": (("{file_not_folder}", ()), ("file_not_folder is a file, not a folder",)),
+    "data path is a zip file": (("{encrypted}/train.zip", ("DATA.ZIP_MODE", "True")),
+                                ("train.zip is a file, not a folder",)),
+    "train is a file": (("{train_is_file}", ()), ("train is a file, not a folder",)),
+    "map file is a folder": (("{map_is_folder}", ("DATA.ZIP_MODE", "True")),
+                             ("train_map.txt is a folder, not a file",)),
+    "zip file is a folder": (("{zip_is_folder}", ("DATA.ZIP_MODE", "True")), ("val.zip is a folder, not a file",)),
     "no val folder": (("{no_val}", ()), ("val", "does not exist")),
     "validation classes with other names": (("{other_val_names}", ()), ("'c' is only in validation",)),
     "empty class folder": (("{empty_class}", ()), ("class folder", "has no images")),
@@ -319,6 +353,10 @@ DATA_CASES = {
                                  ("train_map.txt line 2", "label 99999999999999999999")),
     "encrypted member": (("{encrypted}", ("DATA.ZIP_MODE", "True", "DATA.CACHE_MODE", "'full'")),
                          ("train.zip:a/3.png cannot be read", "unencrypted")),
+    **{f"encrypted member, cache {mode}": (("{encrypted}", ("DATA.ZIP_MODE", "True", "DATA.CACHE_MODE", f"'{mode}'",
+                                                          "TAG", "fresh")),  # read while training, not resuming
+                                           ("train.zip:a/3.png cannot be read", "unencrypted"))
+       for mode in ("no", "part")},
     "member of an unknown compression": (("{unknown_method}", ("DATA.ZIP_MODE", "True", "DATA.CACHE_MODE", "'full'")),
                                          ("train.zip:a/3.png cannot be read",)),
     "pre-training on a folder without images": (("{no_images}", PRETRAIN), ("no_images holds no images",)),
@@ -349,6 +387,7 @@ def test_main_bad_input_is_one_line_and_damages_nothing(name, finished, files, c
     code, out, err = call(main_module.main, _case_argv(case, files, finished), capsys)
     assert_one_error_line(code, out, err, *[f.format(**files) for f in fragments])
     assert digest(run_dir(finished)) == before
+    assert not os.path.exists(os.path.join(files["folder"], "ran"))  # no pickled code ran
 
 
 @pytest.fixture(scope="module")
@@ -387,22 +426,46 @@ def test_output_locations_that_cannot_be_written(name, tmp_path, capsys):
     assert_one_error_line(code, out, err, *fragments)
 
 
-def test_a_full_disk_keeps_the_previous_checkpoint_and_leaves_no_temporary(tmp_path):
+def test_a_full_disk_keeps_the_previous_checkpoint_and_leaves_no_temporary(small_disk):
     from utils import UserError, save_checkpoint
 
-    small = tmp_path / "small"
-    small.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(small)], capture_output=True
-                      ).returncode:
-        pytest.skip("a small tmpfs cannot be mounted here (needs root)")
-    try:
-        save_checkpoint({"x": torch.zeros(10)}, str(small / "ckpt.pth"))
-        with pytest.raises(UserError, match=r"no space left on the device of .*ckpt\.pth"):
-            save_checkpoint({"x": torch.zeros(1_000_000)}, str(small / "ckpt.pth"))
-        assert os.listdir(small) == ["ckpt.pth"]
-        assert torch.load(small / "ckpt.pth", weights_only=True)["x"].shape == (10,)
-    finally:
-        subprocess.run(["umount", str(small)], capture_output=True)
+    save_checkpoint({"x": torch.zeros(10)}, str(small_disk / "ckpt.pth"))
+    with pytest.raises(UserError, match=r"no space left on the device of .*ckpt\.pth"):
+        save_checkpoint({"x": torch.zeros(1_000_000)}, str(small_disk / "ckpt.pth"))
+    assert os.listdir(small_disk) == ["ckpt.pth"]
+    assert torch.load(small_disk / "ckpt.pth", weights_only=True)["x"].shape == (10,)
+
+
+def test_training_onto_a_full_disk_is_one_line_and_writes_nothing(full_disk, capsys):
+    argv = ["--cfg", TINY_CFG, "--output", str(full_disk / "out"), "--opts", *DIGITS]
+    code, out, err = call(main_module.main, argv, capsys)
+    assert_one_error_line(code, out, err, "no space left on the device", str(full_disk))
+    assert not [name for _, _, names in os.walk(full_disk / "out") for name in names if name.endswith(".pth")]
+
+
+def _train_with_stdout(tmp_path, stdout) -> subprocess.CompletedProcess:
+    command = [sys.executable, os.path.join(ROOT, "main.py"), "--cfg", TINY_CFG, "--output", str(tmp_path),
+               "--opts", *DIGITS, "TRAIN.EPOCHS", "1", "TRAIN.WARMUP_EPOCHS", "0", "PRINT_FREQ", "1"]
+    return subprocess.run(command, cwd=ROOT, stdout=stdout, stderr=subprocess.PIPE, text=True, timeout=600,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+
+def test_training_with_standard_output_on_a_full_disk_warns_once_and_finishes(tmp_path):
+    with open("/dev/full", "w") as full:
+        result = _train_with_stdout(tmp_path, full)
+    assert result.returncode == 0 and result.stderr.count("\n") == 1, result.stderr[-2000:]
+    assert result.stderr.startswith("warning: logging to standard output stopped")
+    assert os.path.exists(os.path.join(run_dir(tmp_path), "best.pth"))
+    assert "training took" in open(os.path.join(run_dir(tmp_path), "log_rank0.txt")).read()
+
+
+def test_training_piped_into_a_reader_that_leaves_finishes_quietly(tmp_path):
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    with os.fdopen(write_end, "w") as pipe:
+        result = _train_with_stdout(tmp_path, pipe)
+    assert result.returncode == 0 and result.stderr == "", result.stderr[-2000:]
+    assert os.path.exists(os.path.join(run_dir(tmp_path), "best.pth"))
 
 
 def _train_folders(root: str, *opts: str, workers: str = "0") -> tuple:

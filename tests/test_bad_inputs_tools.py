@@ -4,11 +4,13 @@ and nothing it was pointed at changed."""
 import errno
 import os
 import signal
+import subprocess
+import sys
 
 import pytest
 import torch
 from bad_inputs import assert_one_error_line, call, image_tree, png_bytes
-from conftest import TINY_CFG, digest
+from conftest import ROOT, TINY_CFG, digest
 
 from cli import run_command
 from data import make_map
@@ -217,3 +219,53 @@ def test_ctrl_c_outside_training_is_one_line_and_the_signals_exit_code(capsys):
 def test_other_os_errors_stay_bugs_with_their_traceback():
     with pytest.raises(OSError, match="Input/output error"):
         run_command(_raises(OSError(errno.EIO, os.strerror(errno.EIO))))
+
+
+FULL_DISK_CASES = {
+    "predict .json": (predict.main, ["{images}", "--cfg", TINY_CFG, "--random-weights", "--output", "{disk}/p.json"]),
+    "predict .csv": (predict.main, ["{images}", "--cfg", TINY_CFG, "--random-weights", "--output", "{disk}/p.csv"]),
+    "plot_metrics": (plot_metrics.main, ["{run}", "--output", "{disk}/c.png"]),
+    "reconstruct": (reconstruct.main, ["{images}", "--resume", "{simmim}", "--output", "{disk}/r.png"]),
+    "convert": (convert.main, ["--to", "timm", "{ckpt}", "{disk}/out.pth"]),
+    **{f"export {fmt}": (export.main, ["--cfg", TINY_CFG, "--format", fmt, "--output", f"{{disk}}/m.{fmt}"])
+       for fmt in ("onnx", "torchscript", "export")},
+}
+
+
+@pytest.mark.parametrize("name", sorted(FULL_DISK_CASES))
+def test_a_tool_writing_onto_a_full_disk_says_so_and_leaves_no_partial_file(name, files, full_disk, capsys):
+    entry, argv = FULL_DISK_CASES[name]
+    argv = [a.format(disk=full_disk, **files) for a in argv]
+    code, out, err = call(entry, argv, capsys)
+    assert_one_error_line(code, out, err, "no space left", argv[-1])
+    assert os.listdir(full_disk) == ["filler.bin"]
+
+
+STDOUT_CASES = {
+    "zoo": ["-m", "tools.zoo"],
+    "summary": ["-m", "tools.summary", "--cfg", TINY_CFG],
+    "make_map": ["-m", "data.make_map", "{images}/train"],
+    "predict": ["-m", "tools.predict", "{images}", "--cfg", TINY_CFG, "--random-weights", "--compile", "off"],
+}
+
+
+def _run_tool(argv: list, files: dict, stdout) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, *[a.format(**files) for a in argv]], cwd=ROOT, stdout=stdout,
+                          stderr=subprocess.PIPE, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+
+@pytest.mark.parametrize("name", sorted(STDOUT_CASES))
+def test_standard_output_on_a_full_disk_is_one_line_naming_it(name, files):
+    with open("/dev/full", "w") as full:
+        result = _run_tool(STDOUT_CASES[name], files, full)
+    assert_one_error_line(result.returncode, "", result.stderr, "standard output cannot be written",
+                          os.strerror(errno.ENOSPC))
+
+
+@pytest.mark.parametrize("name", sorted(STDOUT_CASES))
+def test_a_reader_that_leaves_early_ends_the_tool_quietly(name, files):
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # `| head` that has already gone
+    with os.fdopen(write_end, "w") as pipe:
+        result = _run_tool(STDOUT_CASES[name], files, pipe)
+    assert result.returncode == 128 + signal.SIGPIPE and result.stderr == "", result.stderr

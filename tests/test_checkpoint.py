@@ -1,15 +1,20 @@
 """Restoring optimizer, loss scaler and weights from checkpoints written elsewhere: another device, precision,
 optimizer kernel or module order."""
 
+import argparse
+import os
+
+import numpy as np
 import pytest
 import torch
 from conftest import TINY_CFG
+from yacs.config import CfgNode
 
 from checkpoint import load_weights, optimizer_param_names, restore_optimizer, restore_scaler
 from config import load_config
 from models import build_model
 from optimizer import build_optimizer
-from utils import CheckpointError
+from utils import CheckpointError, load_checkpoint_file
 
 
 def tiny_model(*opts: str) -> torch.nn.Module:
@@ -100,3 +105,35 @@ def test_swinv2_registers_parameters_in_the_reference_order():
                 "attn.proj.weight", "attn.proj.bias", "norm2.weight", "norm2.bias", "mlp.fc1.weight", "mlp.fc1.bias",
                 "mlp.fc2.weight", "mlp.fc2.bias"]
     assert names == [block + n for n in expected]
+
+
+class _WritesAFile:
+    """Pickles as a call to open(): unpickling it would create `marker`."""
+
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return open, (self.marker, "w")
+
+
+def test_a_reference_checkpoint_with_its_config_and_numpy_scalars_is_read_in_full(tmp_path):
+    path = str(tmp_path / "reference.pth")
+    config = CfgNode({"MODEL": CfgNode({"TYPE": "swin", "DEPTHS": [2, 2]})})
+    torch.save({"model": {"w": torch.ones(2)}, "config": config, "max_accuracy": np.float64(81.2),
+                "args": argparse.Namespace(cfg="x.yaml"), "seen": np.arange(3)}, path)
+    payload = load_checkpoint_file(path)
+    assert payload["config"].MODEL.DEPTHS == [2, 2] and payload["max_accuracy"] == 81.2
+    assert payload["args"].cfg == "x.yaml" and payload["seen"].tolist() == [0, 1, 2]
+
+
+@pytest.mark.parametrize("extra", ["alone", "beside a config"])
+def test_a_checkpoint_that_would_run_code_when_read_is_refused_unrun(extra, tmp_path):
+    path, marker = str(tmp_path / "evil.pth"), str(tmp_path / "ran")
+    payload = {"model": {"w": torch.ones(2)}, "hook": _WritesAFile(marker)}
+    if extra == "beside a config":
+        payload["config"] = CfgNode({"MODEL": CfgNode({"TYPE": "swin"})})
+    torch.save(payload, path)
+    with pytest.raises(CheckpointError, match=r"evil\.pth cannot be read: it pickles code from elsewhere \(.*open"):
+        load_checkpoint_file(path)
+    assert not os.path.exists(marker)

@@ -8,10 +8,14 @@ onnxruntime when it is installed) and its logits are compared with the eager mod
 """
 
 import argparse
+import contextlib
+import io
 import os
+import shutil
 import sys
-import time
-from typing import Optional
+import tempfile
+import warnings
+from typing import Iterator, Optional
 
 import torch
 
@@ -20,15 +24,35 @@ sys.path.insert(0, ROOT)
 
 from cli import StrictParser, positive_int, run_command  # noqa: E402
 from tools.model_source import add_model_arguments, model_from_arguments  # noqa: E402
-from utils import UserError, require_folder_of  # noqa: E402
+from utils import UserError, out_of_space_as_user_error, require_folder_of  # noqa: E402
 
 # ONNX files are protobufs, limited to 2 GB: larger models keep their weights in an external-data file beside.
 _ONNX_ONE_FILE_BYTES = 1_800_000_000
 
 
-def export(model: torch.nn.Module, example: torch.Tensor, fmt: str, path: str, opset: int = 18) -> None:
-    """Write `model` (in eval mode) traced on `example` to `path` as onnx, torchscript or export."""
+def export(model: torch.nn.Module, example: torch.Tensor, fmt: str, path: str, opset: int = 18) -> list[str]:
+    """Write `model` (in eval mode) traced on `example` to `path` as onnx, torchscript or export; return the files.
+
+    All or nothing: the files (a large ONNX model has an external-data file beside it) are written in a staging
+    folder beside `path` and moved in once complete, so a full disk or a crash leaves no partial model file.
+    """
     model.eval()
+    folder = os.path.dirname(os.path.abspath(path))
+    staging = tempfile.mkdtemp(prefix=".export-", dir=folder)
+    try:
+        with out_of_space_as_user_error(path):
+            _write(model, example, fmt, os.path.join(staging, os.path.basename(path)), opset)
+            names = sorted(os.listdir(staging))
+            for name in names:
+                os.replace(os.path.join(staging, name), os.path.join(folder, name))
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return [os.path.join(folder, name) for name in names]
+
+
+def _write(model: torch.nn.Module, example: torch.Tensor, fmt: str, path: str, opset: int) -> None:
+    """Export to `path`. TorchScript and torch.export programs are serialised in memory first: their C++ writers
+    abort the process on a full disk, where Python's write raises an error that can be reported."""
     batch = torch.export.Dim("batch", min=1, max=1024)
     with torch.no_grad():
         if fmt == "onnx":
@@ -36,10 +60,25 @@ def export(model: torch.nn.Module, example: torch.Tensor, fmt: str, path: str, o
             torch.onnx.export(model, (example,), path, opset_version=opset, dynamo=True, input_names=["images"],
                               output_names=["logits"], dynamic_shapes={"x": {0: batch}}, verbose=False,
                               external_data=weight_bytes > _ONNX_ONE_FILE_BYTES)
-        elif fmt == "torchscript":
-            torch.jit.save(torch.jit.trace(model, example), path)
+            return
+        buffer = io.BytesIO()
+        if fmt == "torchscript":
+            with _quiet_torchscript():
+                torch.jit.save(torch.jit.trace(model, example), buffer)
         else:
-            torch.export.save(torch.export.export(model, (example,), dynamic_shapes={"x": {0: batch}}), path)
+            torch.export.save(torch.export.export(model, (example,), dynamic_shapes={"x": {0: batch}}), buffer)
+        with open(path, "wb") as f:
+            f.write(buffer.getbuffer())
+
+
+@contextlib.contextmanager
+def _quiet_torchscript() -> Iterator[None]:
+    """Silence TorchScript's deprecation notices and the tracer's notes on shape checks (the traced graph is
+    checked against eager logits after writing), so stderr keeps to errors."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        yield
 
 
 def run_exported(fmt: str, path: str, images: torch.Tensor) -> Optional[torch.Tensor]:
@@ -52,14 +91,9 @@ def run_exported(fmt: str, path: str, images: torch.Tensor) -> Optional[torch.Te
         session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
         return torch.from_numpy(session.run(None, {session.get_inputs()[0].name: images.numpy()})[0])
     if fmt == "torchscript":
-        return torch.jit.load(path)(images)
+        with _quiet_torchscript():
+            return torch.jit.load(path)(images)
     return torch.export.load(path).module()(images)
-
-
-def written_files(folder: str, since: float) -> list[str]:
-    """Files of `folder` written at or after `since`: the model file and any external-data files beside it."""
-    paths = [os.path.join(folder, name) for name in sorted(os.listdir(folder))]
-    return [p for p in paths if os.path.isfile(p) and os.path.getmtime(p) >= since]
 
 
 def main(argv: Optional[list[str]] = None) -> int:
@@ -92,9 +126,7 @@ def _export(args: argparse.Namespace) -> int:
     if not args.resume:
         print("warning: no --resume: exporting random weights")
     size = config.DATA.IMG_SIZE
-    started = time.time() - 1  # file times can be a second coarse
-    export(model, torch.randn(2, 3, size, size), args.format, args.output, args.opset)
-    for path in written_files(os.path.dirname(os.path.abspath(args.output)), started):
+    for path in export(model, torch.randn(2, 3, size, size), args.format, args.output, args.opset):
         print(f"wrote {path} ({os.path.getsize(path) / 2**20:.1f} MB)")
     images = torch.randn(3, 3, size, size)
     exported = run_exported(args.format, args.output, images)

@@ -17,7 +17,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from cli import StrictParser, run_command  # noqa: E402
-from utils import UserError, require_folder_of, write_atomically  # noqa: E402
+from utils import UserError, kind_problem, require_folder_of, write_atomically  # noqa: E402
 
 # The figures each epoch record must hold to be drawn (top-5 is drawn where it was measured: over 5 classes);
 # SimMIM pre-training has no validation.
@@ -33,8 +33,8 @@ def is_pretraining(records: list[dict]) -> bool:
 def read_metrics(run_dir: str) -> list[dict]:
     """The per-epoch records of a run; for an epoch logged twice (a resumed run), the later one."""
     path = os.path.join(run_dir, "metrics.jsonl") if os.path.isdir(run_dir) else run_dir
-    if not os.path.isfile(path):
-        raise UserError(f"{path} does not exist; point at a run folder that holds metrics.jsonl")
+    if problem := kind_problem(path, "file"):
+        raise UserError(f"{path} {problem}; point at a run folder that holds metrics.jsonl")
     by_epoch = {}
     try:
         with open(path, encoding="utf-8") as f:
