@@ -259,7 +259,7 @@ _C.TEST.COMPILE = "auto"
 _C.ENABLE_AMP = False
 # Mixed precision on accelerators.
 _C.AMP_ENABLE = True
-# Legacy apex opt level of the reference (ignored).
+# The reference's apex opt level: only --amp-opt-level O0 acts (AMP off), as in the reference.
 _C.AMP_OPT_LEVEL = ""
 # Mixed-precision dtype: fp16 (with loss scaling) or bf16.
 _C.AMP_DTYPE = "fp16"
@@ -286,7 +286,7 @@ _C.EVAL_MODE = False
 _C.THROUGHPUT_MODE = False
 # Local rank, set by the launcher.
 _C.LOCAL_RANK = 0
-# Reference CUDA-kernel switches (ignored: the attention path here needs no custom kernels).
+# The reference's custom CUDA-kernel switches (accepted; not needed: the window shift and partition are one gather).
 _C.FUSED_WINDOW_PROCESS = False
 _C.FUSED_LAYERNORM = False
 
@@ -506,6 +506,7 @@ _FLAG_KEYS = (
     ("num_classes", "MODEL.NUM_CLASSES"),
     ("amp_dtype", "AMP_DTYPE"),
     ("device", "DEVICE"),
+    ("amp_opt_level", "AMP_OPT_LEVEL"),
 )
 _SWITCH_KEYS = (
     ("zip", "DATA.ZIP_MODE", True),
@@ -514,6 +515,8 @@ _SWITCH_KEYS = (
     ("compile", "COMPILE", True),
     ("eval", "EVAL_MODE", True),
     ("throughput", "THROUGHPUT_MODE", True),
+    ("fused_window_process", "FUSED_WINDOW_PROCESS", True),
+    ("fused_layernorm", "FUSED_LAYERNORM", True),
 )
 
 
@@ -567,6 +570,8 @@ def get_config(args: Any) -> CN:
     for attr, key, value in _SWITCH_KEYS:
         if getattr(args, attr, False):
             opts += [key, str(value)]
+    if getattr(args, "amp_opt_level", None) == "O0":  # the reference's apex level for no mixed precision
+        opts += ["AMP_ENABLE", "False"]
     given = [(flag, spec) for flag, spec in (("--resume", args.resume), ("--pretrained", args.pretrained)) if spec]
     if args.cfg:
         cfg = load_config(args.cfg, opts)

@@ -27,7 +27,21 @@ CHOICES = {
     "AUG.MIXUP_MODE": ("batch", "pair", "elem"),
     "AMP_DTYPE": ("fp16", "bf16"),
     "DEVICE": ("auto", "cpu", "cuda"),
+    "AMP_OPT_LEVEL": ("", "O0", "O1", "O2"),
 }
+
+
+def reference_only_notes(cfg: CN) -> list[str]:
+    """What the reference's apex and CUDA-kernel switches mean here, for each one a config turns on."""
+    notes = []
+    if cfg.AMP_OPT_LEVEL:
+        notes.append(f"AMP_OPT_LEVEL {cfg.AMP_OPT_LEVEL}: apex is not used; precision follows AMP_ENABLE and AMP_DTYPE "
+                     "(torch AMP; --amp-opt-level O0 turns it off)")
+    kernels = {"FUSED_WINDOW_PROCESS": "the window shift and partition are already one gather",
+               "FUSED_LAYERNORM": "layer norm runs PyTorch's own fused kernel"}
+    notes += [f"{key}: the reference's custom CUDA kernel is not needed here: {why}"
+              for key, why in kernels.items() if cfg[key]]
+    return notes
 
 
 @dataclass(frozen=True)

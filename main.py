@@ -16,6 +16,7 @@ from yacs.config import CfgNode
 
 from cli import StrictParser, run_command
 from config import get_config
+from config_checks import reference_only_notes
 from evaluate import run_eval, run_throughput
 from logger import create_logger
 from runtime import init_runtime, launcher_ranks, meet_before_exit, shutdown_runtime
@@ -76,6 +77,12 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     parser.add_argument("--amp-dtype", choices=("fp16", "bf16"), help="mixed-precision dtype")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), help="device (default: CUDA when available)")
     parser.add_argument("--compile", action="store_true", help="run the model through torch.compile")
+    parser.add_argument("--amp-opt-level", "--amp_opt_level", choices=("O0", "O1", "O2"),
+                        help="the reference's apex level: O0 turns mixed precision off; O1 and O2 keep torch AMP")
+    parser.add_argument("--fused_window_process", "--fused-window-process", action="store_true",
+                        help="accepted for the reference's commands; its CUDA kernel is not needed here")
+    parser.add_argument("--fused_layernorm", "--fused-layernorm", action="store_true",
+                        help="accepted for the reference's commands; its CUDA kernel is not needed here")
     parser.add_argument("--local_rank", "--local-rank", type=int, default=None, help="set by the launcher")
     args = parser.parse_args(argv)
     if args.eval and args.throughput:
@@ -92,6 +99,8 @@ def run(config: CfgNode) -> dict:
         local = local or with_local_weights(config)
         logger = create_logger(config.OUTPUT, rt.rank)
         logger.info(f"{rt.describe()}; output {config.OUTPUT}")
+        for note in reference_only_notes(config):
+            logger.info(note)
         for key in ("PRETRAINED", "RESUME"):
             if local.MODEL[key] != config.MODEL[key]:
                 logger.info(f"--{key.lower()} {config.MODEL[key]}: {local.MODEL[key]}")

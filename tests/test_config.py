@@ -6,6 +6,7 @@ import pytest
 from conftest import ROOT, TINY_CFG, assert_user_error, run_main
 
 from config import get_config, load_config
+from config_checks import reference_only_notes
 from utils import ConfigError
 
 CONFIG_FILES = sorted(glob.glob(os.path.join(ROOT, "configs", "**", "*.yaml"), recursive=True))
@@ -125,6 +126,26 @@ def test_get_config_applies_flags_and_output_folder(monkeypatch):
     assert (cfg.AMP_ENABLE, cfg.EVAL_MODE, cfg.THROUGHPUT_MODE, cfg.TRAIN.OPTIMIZER.NAME) == (False, True, False, "sgd")
     assert (cfg.AMP_DTYPE, cfg.DEVICE, cfg.LOCAL_RANK) == ("bf16", "cpu", 3)
     assert cfg.OUTPUT == os.path.join("out", "swin_tiny_test", "t1")
+
+
+REFERENCE_COMMAND = ["--cfg", TINY_CFG, "--batch-size", "4", "--data-path", "/d", "--zip", "--cache-mode", "part",
+                     "--accumulation-steps", "2", "--use-checkpoint", "--output", "out", "--tag", "t1",
+                     "--fused_window_process", "--fused_layernorm", "--optim", "sgd", "--local_rank", "0",
+                     "--opts", "DATA.DATASET", "imagenet"]
+
+
+@pytest.mark.parametrize("level, amp", [("O0", False), ("O1", True), ("O2", True), (None, True)])
+def test_the_reference_commands_flags_all_parse_and_apex_o0_turns_amp_off(level, amp):
+    import main
+
+    level_flag = ["--amp-opt-level", level] if level else []
+    cfg = get_config(main.parse_args([*REFERENCE_COMMAND, *level_flag]))
+    assert (cfg.DATA.ZIP_MODE, cfg.DATA.CACHE_MODE, cfg.TRAIN.ACCUMULATION_STEPS) == (True, "part", 2)
+    assert (cfg.FUSED_WINDOW_PROCESS, cfg.FUSED_LAYERNORM, cfg.TRAIN.OPTIMIZER.NAME) == (True, True, "sgd")
+    assert (cfg.AMP_ENABLE, cfg.AMP_OPT_LEVEL) == (amp, level or "")
+    notes = reference_only_notes(cfg)
+    assert [n.split(":")[0] for n in notes] == [*([f"AMP_OPT_LEVEL {level}"] if level else []),
+                                                "FUSED_WINDOW_PROCESS", "FUSED_LAYERNORM"]
 
 
 def test_cli_unknown_key():
