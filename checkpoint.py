@@ -201,13 +201,27 @@ def read_resume_point(path: str, payload: dict) -> ResumePoint:
                            max_accuracy=float(payload.get("max_accuracy", 0.0)),
                            totals=dict(payload.get("epoch_totals", {})),
                            history=list(payload.get("metrics_history", [])),
-                           rng=[rng] if isinstance(rng, dict) else list(rng),
+                           rng=_rng_states(rng),
                            world_size=int(payload.get("world_size", 0)),
                            config_text=config_text if isinstance(config_text, str) else "",
                            run_index=int(payload.get("run_index", 0)))
     except (TypeError, ValueError) as err:
-        raise CheckpointError(f"checkpoint {path} has a malformed progress entry ({str(err)[:80]}); resume from "
-                              "another checkpoint, or pass this one as --pretrained for its weights alone") from None
+        raise malformed_progress(path, str(err)) from None
+
+
+def _rng_states(rng: object) -> list:
+    """Each rank's generator states from a checkpoint's `rng` entry (one dict, or a list of them)."""
+    states = [rng] if isinstance(rng, dict) else rng
+    if not isinstance(states, list) or not all(isinstance(s, dict) and {"python", "numpy", "torch"} <= s.keys()
+                                               for s in states):
+        raise TypeError("rng holds no generator states")
+    return states
+
+
+def malformed_progress(path: str, what: str) -> CheckpointError:
+    """The one error for a progress entry (epoch, totals, history, random states) that cannot be used."""
+    return CheckpointError(f"checkpoint {path} has a malformed progress entry ({what[:80]}); resume from another "
+                           "checkpoint, or pass this one as --pretrained for its weights alone")
 
 
 def load_model_weights(path: str, model: nn.Module, logger: Optional[logging.Logger] = None) -> dict:

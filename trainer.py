@@ -20,6 +20,7 @@ from checkpoint import (
     load_model_weights,
     load_pretrained,
     load_weights,
+    malformed_progress,
     read_resume_point,
     restore_optimizer,
     restore_scaler,
@@ -223,7 +224,10 @@ class Training:
                                 "continuation is not what an uninterrupted run would have done")
         self._start_ema(payload.get("model_ema"), path)
         if len(point.rng) == self.rt.world_size:
-            self.rt.set_rng_state(point.rng[self.rt.rank])
+            try:
+                self.rt.set_rng_state(point.rng[self.rt.rank])
+            except (TypeError, ValueError, KeyError, IndexError, RuntimeError) as err:
+                raise malformed_progress(path, f"rng: {err}") from None
         elif point.rng:
             self.logger.warning(f"{path} holds the random states of {len(point.rng)} processes, not "
                                 f"{self.rt.world_size}: this run draws from SEED + rank instead")

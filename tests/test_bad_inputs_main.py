@@ -113,6 +113,10 @@ def files(tmp_path_factory, finished):
     torch.save({**state, "model": {**state["model"], 3: torch.zeros(1)}}, paths["int_key"])
     paths["bad_progress"] = str(root / "bad_progress.pth")
     torch.save({**state, "resume_at": ("one", 0)}, paths["bad_progress"])
+    for name, rng in (("rng_text", "garbage"), ("rng_numbers", [1]), ("rng_values", [{"python": 1, "numpy": 2,
+                                                                                    "torch": 3}])):
+        paths[name] = str(root / f"{name}.pth")
+        torch.save({**state, "rng": rng}, paths[name])
     paths["folder"] = str(root)
     paths["long"] = str(root / ("x" * 300))
     return paths
@@ -273,6 +277,8 @@ CHECKPOINT_CASES = {
                                                         ("foreign.pth cannot be read",)),
     "weights under a number": (t("--resume", "{int_key}"), ("int_key.pth has a weight named 3",)),
     "pretrained weights under a number": (t("--tag", "fresh", "--pretrained", "{int_key}"), ("weight named 3",)),
+    **{f"random states {kind}": (t("--resume", f"{{{name}}}"), (f"{name}.pth has a malformed progress entry",))
+       for kind, name in (("as text", "rng_text"), ("as numbers", "rng_numbers"), ("of the wrong types", "rng_values"))},
     "progress entry of the wrong type": (t("--resume", "{bad_progress}"),
                                          ("bad_progress.pth has a malformed progress entry",)),
     "SimMIM pre-training resumed as a classifier": (t("--resume", "{simmim}"),
