@@ -278,7 +278,8 @@ CHECKPOINT_CASES = {
     "weights under a number": (t("--resume", "{int_key}"), ("int_key.pth has a weight named 3",)),
     "pretrained weights under a number": (t("--tag", "fresh", "--pretrained", "{int_key}"), ("weight named 3",)),
     **{f"random states {kind}": (t("--resume", f"{{{name}}}"), (f"{name}.pth has a malformed progress entry",))
-       for kind, name in (("as text", "rng_text"), ("as numbers", "rng_numbers"), ("of the wrong types", "rng_values"))},
+       for kind, name in (("as text", "rng_text"), ("as numbers", "rng_numbers"),
+                          ("of the wrong types", "rng_values"))},
     "progress entry of the wrong type": (t("--resume", "{bad_progress}"),
                                          ("bad_progress.pth has a malformed progress entry",)),
     "SimMIM pre-training resumed as a classifier": (t("--resume", "{simmim}"),
@@ -360,7 +361,7 @@ DATA_CASES = {
     "encrypted member": (("{encrypted}", ("DATA.ZIP_MODE", "True", "DATA.CACHE_MODE", "'full'")),
                          ("train.zip:a/3.png cannot be read", "unencrypted")),
     **{f"encrypted member, cache {mode}": (("{encrypted}", ("DATA.ZIP_MODE", "True", "DATA.CACHE_MODE", f"'{mode}'",
-                                                          "TAG", "fresh")),  # read while training, not resuming
+                                                          "TAG", f"fresh_{mode}")),  # read in training, no resume
                                            ("train.zip:a/3.png cannot be read", "unencrypted"))
        for mode in ("no", "part")},
     "member of an unknown compression": (("{unknown_method}", ("DATA.ZIP_MODE", "True", "DATA.CACHE_MODE", "'full'")),
@@ -401,12 +402,14 @@ def data_sets(tmp_path_factory):
     return _data_files(tmp_path_factory.mktemp("data_sets"))
 
 
+@pytest.mark.parametrize("workers", ["0", "2"])
 @pytest.mark.parametrize("name", sorted(DATA_CASES))
-def test_main_bad_data_is_one_line_and_damages_nothing(name, finished, data_sets, capsys):
+def test_main_bad_data_is_one_line_and_damages_nothing(name, workers, finished, data_sets, capsys):
     (path, opts), fragments = DATA_CASES[name]
     before = digest(run_dir(finished))
     argv = ["--cfg", TINY_CFG, "--output", str(finished), "--data-path", path.format(**data_sets),
-            "--opts", *DIGITS, *FOLDERS, *opts]
+            "--opts", *DIGITS, *FOLDERS, "DATA.NUM_WORKERS", workers, *opts]
+    argv = [f"{a}_{workers}" if a.startswith("fresh_") else a for a in argv]  # a tag of its own: no resume
     code, out, err = call(main_module.main, argv, capsys)
     assert_one_error_line(code, out, err, *fragments)
     assert digest(run_dir(finished)) == before
