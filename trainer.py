@@ -63,7 +63,9 @@ class StopFlag:
     optimizer step.
 
     A second signal ends the process at once, unless it comes within `REPEAT_GRACE_S` of the
-    first: launchers forward one Ctrl-C or preemption as a second copy of the same signal.
+    first: launchers forward one Ctrl-C or preemption as a second copy of the same signal. Once a
+    signal has been recorded the handler stays after the block, through the loader's shutdown and
+    the interpreter's exit, so a repeat there ends the process by that signal, not by a traceback.
     """
 
     REPEAT_GRACE_S = 2.0
@@ -79,8 +81,9 @@ class StopFlag:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
+        if not self.signum:
+            for sig, handler in self._previous.items():
+                signal.signal(sig, handler)
 
     def _record(self, signum: int, _frame: object) -> None:
         now = time.monotonic()

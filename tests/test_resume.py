@@ -4,6 +4,7 @@ The runs here use the paper's augmentation (RandAugment, colour jitter, random e
 Mixup/CutMix, drop path) with DataLoader workers, on the built-in digits.
 """
 
+import contextlib
 import json
 import os
 import re
@@ -12,6 +13,8 @@ import signal
 import socket
 import subprocess
 import sys
+import time
+from typing import Optional
 
 import pytest
 import torch
@@ -48,13 +51,19 @@ def ok(result: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
     return result
 
 
-def interrupt_after(cmd: list, pattern: str, sig: int = signal.SIGTERM) -> subprocess.CompletedProcess:
-    """Start `cmd`, send `sig` once a stdout line matches `pattern`, and wait for the end."""
+def interrupt_after(cmd: list, pattern: str, sig: int = signal.SIGTERM, group: bool = False,
+                    again_after: Optional[float] = None) -> subprocess.CompletedProcess:
+    """Start `cmd`, send `sig` once a stdout line matches `pattern` (and again `again_after` seconds later), and
+    wait for the end. With `group` the signal goes to every process of the run, loader workers included, as
+    Ctrl-C or a closed terminal sends it."""
     process = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                               env={**os.environ, "OMP_NUM_THREADS": "1"})
+                               env={**os.environ, "OMP_NUM_THREADS": "1"}, start_new_session=group)
     for line in process.stdout:
         if re.search(pattern, line):
-            process.send_signal(sig)
+            for delay in (0.0,) if again_after is None else (0.0, again_after):
+                time.sleep(delay)
+                with contextlib.suppress(ProcessLookupError):  # it may have ended before a repeat
+                    os.killpg(process.pid, sig) if group else process.send_signal(sig)
             break
     stdout, stderr = process.communicate(timeout=300)
     return subprocess.CompletedProcess(cmd, process.returncode, stdout, stderr)
@@ -83,14 +92,28 @@ def straight(tmp_path_factory):
     return output
 
 
-def test_sigterm_mid_epoch_with_workers_resumes_bitwise(straight, tmp_path):
-    stopped = interrupt_after(command(tmp_path), r"train 1 \[20/")
-    assert stopped.returncode == 128 + signal.SIGTERM, stopped.stderr[-2000:]
-    assert re.search(r"interrupted: stopped by SIGTERM; saved .*ckpt_epoch_1_step_2\d\.pth", stopped.stderr)
+@pytest.mark.parametrize("name, group", [("SIGTERM", False), ("SIGHUP", True), ("SIGINT", True)],
+                         ids=["SIGTERM to the main process", "SIGHUP to all", "Ctrl-C to all"])
+def test_a_stop_signal_mid_epoch_with_workers_resumes_bitwise(name, group, straight, tmp_path):
+    sig = getattr(signal, name)
+    stopped = interrupt_after(command(tmp_path), r"train 1 \[20/", sig, group)
+    assert stopped.returncode == 128 + sig, stopped.stderr[-2000:]
+    assert re.search(rf"interrupted: stopped by {name}; saved .*ckpt_epoch_1_step_2\d\.pth", stopped.stderr)
+    assert stopped.stderr.count("\n") == 1 and "Traceback" not in stopped.stderr, stopped.stderr[-2000:]
     result = ok(run(command(tmp_path)))
     assert re.search(r"resumed from .*ckpt_epoch_1_step_2\d\.pth: epoch 1, 2\d batches done", result.stdout)
     assert_same_weights(weights(straight), weights(tmp_path))
     assert metrics_lines(tmp_path) == metrics_lines(straight)
+
+
+def test_ctrl_c_pressed_twice_saves_once_and_prints_no_traceback(straight, tmp_path):
+    stopped = interrupt_after(command(tmp_path), r"train 1 \[20/", signal.SIGINT, group=True, again_after=0.05)
+    assert stopped.returncode in (128 + signal.SIGINT, -signal.SIGINT), stopped.stderr[-2000:]  # by code or by signal
+    assert stopped.stderr.count("\n") == 1 and "Traceback" not in stopped.stderr, stopped.stderr[-2000:]
+    assert re.search(r"interrupted: stopped by SIGINT; saved .*ckpt_epoch_1_step_2\d\.pth", stopped.stderr)
+    result = ok(run(command(tmp_path)))
+    assert re.search(r"resumed from .*ckpt_epoch_1_step_2\d\.pth", result.stdout)
+    assert_same_weights(weights(straight), weights(tmp_path))
 
 
 def test_resume_at_an_epoch_boundary_with_other_worker_counts_is_bitwise(straight, tmp_path):
@@ -273,6 +296,25 @@ def test_a_second_signal_ends_the_process_at_once_but_a_forwarded_copy_does_not(
     assert forwarded.returncode == 0 and f"still running, signal {int(signal.SIGTERM)}" in forwarded.stdout
     second = run([sys.executable, "-c", STOP_FLAG_SCRIPT, ROOT, "0"])
     assert second.returncode == -signal.SIGTERM and "still running" not in second.stdout
+
+
+AFTER_THE_BLOCK_SCRIPT = """
+import os, signal, sys, time
+sys.path.insert(0, sys.argv[1])
+from trainer import StopFlag
+with StopFlag() as flag:
+    os.kill(os.getpid(), signal.SIGINT)
+    time.sleep(0.1)
+os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C again while the loader shuts down, within the grace
+time.sleep(0.1)
+print("still running after the block, signal", flag.signum)
+"""
+
+
+def test_a_repeated_ctrl_c_after_training_stopped_is_still_the_stop_flags():
+    result = run([sys.executable, "-c", AFTER_THE_BLOCK_SCRIPT, ROOT])
+    assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    assert f"still running after the block, signal {int(signal.SIGINT)}" in result.stdout
 
 
 def test_a_fine_tunes_ema_starts_from_the_pretrained_weights(straight, tmp_path):
