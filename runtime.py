@@ -7,6 +7,7 @@ Model and data code get a `Runtime` and never look at devices or ranks themselve
 
 import contextlib
 import ctypes
+import inspect
 import os
 import random
 import re
@@ -294,6 +295,13 @@ def prepare_for_training(model: nn.Module, rt: Runtime, onednn_linear: bool, com
         log(f"training on CPU: {swapped} linear layers on oneDNN's kernel (TRAIN.ONEDNN_LINEAR False keeps ATen's)")
 
 
+# The buffers (index tables, shift masks) are constants: broadcasting them every forward is wasted work. Newer
+# torch names this forward_sync_buffers (and warns on the old name); both keep the same buffers on every rank.
+_NO_BUFFER_SYNC_PER_FORWARD = ({"forward_sync_buffers": False} if "forward_sync_buffers" in
+                               inspect.signature(nn.parallel.DistributedDataParallel.__init__).parameters
+                               else {"broadcast_buffers": False})
+
+
 def wrap_model(model: nn.Module, rt: Runtime, compile_model: bool = False) -> tuple[nn.Module, nn.Module]:
     """Move the model to the device, wrap it in DDP when there are several processes, optionally compile it.
 
@@ -304,6 +312,5 @@ def wrap_model(model: nn.Module, rt: Runtime, compile_model: bool = False) -> tu
     model = bare
     if rt.is_distributed:
         device_ids = [rt.device.index] if rt.device.type == "cuda" else None
-        # The buffers (index tables, shift masks) are constants: broadcasting them every forward is wasted work.
-        model = nn.parallel.DistributedDataParallel(bare, device_ids=device_ids, broadcast_buffers=False)
+        model = nn.parallel.DistributedDataParallel(bare, device_ids=device_ids, **_NO_BUFFER_SYNC_PER_FORWARD)
     return (torch.compile(model) if compile_model else model), bare

@@ -565,6 +565,8 @@ TORCHRUN_CASES = {
     "missing data": (("--data-path", "/no/such/data", "--opts", *DIGITS, *FOLDERS), ("/no/such/data",)),
     "NaN checkpoint": (("--resume", "{nan_ckpt}", "--opts", *DIGITS), ("non-finite values",)),
     "evaluation of a truncated checkpoint": (("--eval", "--resume", "{cut}", "--opts", *DIGITS), ("cut.pth",)),
+    "opts as KEY=VALUE": (("--opts", *DIGITS, "TRAIN.EPOCHS=1"), ("not TRAIN.EPOCHS=1",)),
+    "a checkpoint that would run code": (("--resume", "{runs_code}", "--opts", *DIGITS), ("pickles code",)),
 }
 
 
