@@ -16,7 +16,7 @@ import shutil
 import signal
 import sys
 import zipfile
-from typing import Callable, Iterator, Optional
+from typing import Callable, Iterable, Iterator, Optional
 
 import numpy as np
 import torch
@@ -112,11 +112,16 @@ def kind_problem(path: str, kind: str) -> Optional[str]:
     return "does not exist"
 
 
-def require_folder_of(path: str) -> None:
-    """A one-line UserError, before any work is done, when a file cannot be written at `path`: it is a folder, or
-    its folder is missing or not writable (read-only, no permission)."""
+def require_folder_of(path: str, keep: Iterable[Optional[str]] = ()) -> None:
+    """A one-line UserError, before any work is done, when a file cannot be written at `path`: it is a folder, its
+    folder is missing or not writable (read-only, no permission), or it is one of `keep`, the command's inputs."""
     if os.path.isdir(path):
         raise UserError(f"cannot write {path}: it is a folder; give a file name inside it")
+    if os.path.exists(path):
+        for given in keep:
+            if given and os.path.exists(given) and os.path.samefile(path, given):
+                raise UserError(f"cannot write {path}: it is an input of this command ({given}); write the result "
+                                "under another name")
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder):
         raise UserError(f"cannot write {path}: folder {folder} does not exist; create it or pick another path")

@@ -10,6 +10,7 @@ onnxruntime when it is installed) and its logits are compared with the eager mod
 import argparse
 import contextlib
 import io
+import logging
 import os
 import shutil
 import sys
@@ -23,7 +24,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from cli import StrictParser, positive_int, run_command  # noqa: E402
-from tools.model_source import add_model_arguments, model_from_arguments  # noqa: E402
+from tools.model_source import add_model_arguments, model_files, model_from_arguments  # noqa: E402
 from utils import UserError, out_of_space_as_user_error, require_folder_of  # noqa: E402
 
 # ONNX files are protobufs, limited to 2 GB: larger models keep their weights in an external-data file beside.
@@ -57,9 +58,11 @@ def _write(model: torch.nn.Module, example: torch.Tensor, fmt: str, path: str, o
     with torch.no_grad():
         if fmt == "onnx":
             weight_bytes = sum(t.numel() * t.element_size() for t in model.state_dict().values())
-            torch.onnx.export(model, (example,), path, opset_version=opset, dynamo=True, input_names=["images"],
-                              output_names=["logits"], dynamic_shapes={"x": {0: batch}}, verbose=False,
-                              external_data=weight_bytes > _ONNX_ONE_FILE_BYTES)
+            with _quiet_logs("torch.onnx", "onnxscript"):  # their notes on converting opsets: checked below
+                torch.onnx.export(model, (example,), path, opset_version=opset, dynamo=True, input_names=["images"],
+                                  output_names=["logits"], dynamic_shapes={"x": {0: batch}}, verbose=False,
+                                  external_data=weight_bytes > _ONNX_ONE_FILE_BYTES)
+            _check_written_opset(path, opset)
             return
         buffer = io.BytesIO()
         if fmt == "torchscript":
@@ -69,6 +72,32 @@ def _write(model: torch.nn.Module, example: torch.Tensor, fmt: str, path: str, o
             torch.export.save(torch.export.export(model, (example,), dynamic_shapes={"x": {0: batch}}), buffer)
         with open(path, "wb") as f:
             f.write(buffer.getbuffer())
+
+
+def _check_written_opset(path: str, opset: int) -> None:
+    """A UserError when the exporter wrote another opset than asked: below its own (18) it converts down on a
+    best-effort basis and silently keeps 18 when that fails, which an older runtime then cannot read."""
+    import onnx
+
+    written = next((o.version for o in onnx.load(path, load_external_data=False).opset_import if o.domain in
+                    ("", "ai.onnx")), opset)
+    if written != opset:
+        raise UserError(f"--opset {opset}: the ONNX exporter could not convert this model to it (it wrote opset "
+                        f"{written}); pass --opset {written} or newer")
+
+
+@contextlib.contextmanager
+def _quiet_logs(*names: str) -> Iterator[None]:
+    """Silence these loggers for the block."""
+    loggers = [logging.getLogger(name) for name in names]
+    levels = [log.level for log in loggers]
+    for log in loggers:
+        log.setLevel(logging.CRITICAL + 1)
+    try:
+        yield
+    finally:
+        for log, level in zip(loggers, levels):
+            log.setLevel(level)
 
 
 @contextlib.contextmanager
@@ -119,7 +148,7 @@ def _check_opset(opset: int) -> None:
 
 
 def _export(args: argparse.Namespace) -> int:
-    require_folder_of(args.output)
+    require_folder_of(args.output, keep=model_files(args))
     if args.format == "onnx":
         _check_opset(args.opset)
     model, config, _ = model_from_arguments(args)

@@ -25,6 +25,11 @@ def add_model_arguments(parser: argparse.ArgumentParser, weights_help: str) -> N
     parser.add_argument("--opts", nargs="+", metavar="KEY VALUE", help="config KEY VALUE pairs")
 
 
+def model_files(args: argparse.Namespace) -> list[str]:
+    """The files the model comes from (its config and weights), which no output of the tool may replace."""
+    return [path for path in (args.cfg, args.resume) if path]
+
+
 def config_from_arguments(args: argparse.Namespace, weights_path: str = "", payload: Optional[dict] = None,
                           head_classes: Optional[int] = None) -> CfgNode:
     """--cfg with --opts, else the config of --resume; a checkpoint's head decides the class count."""
