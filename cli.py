@@ -13,7 +13,7 @@ import signal
 import sys
 from typing import Callable, Iterator, NoReturn, Optional, TextIO
 
-from utils import WRITE_ERRNOS, UserError, discard_stdout, report_user_error
+from utils import WRITE_ERRNOS, UserError, discard_stdout, report_user_error, tell
 
 
 class StrictParser(argparse.ArgumentParser):
@@ -30,7 +30,7 @@ class StrictParser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         if "unrecognized arguments:" in message:
             message += self._hint(message.split(":", 1)[1].split())
-        print(f"error: {message}; see `{self.prog} --help`", file=sys.stderr)
+        tell(f"error: {message}; see `{self.prog} --help`")
         sys.exit(2)
 
     def _hint(self, unknown: list[str]) -> str:
@@ -83,8 +83,7 @@ def run_command(body: Callable[[], int], show_errors: bool = True) -> int:
                                            "write somewhere else"), show=show_errors)
     except KeyboardInterrupt:  # Ctrl-C outside training, which saves and stops by itself
         if show_errors:
-            print("interrupted: stopped by Ctrl-C; nothing new was saved; rerun the command to carry on",
-                  file=sys.stderr)
+            tell("interrupted: stopped by Ctrl-C; nothing new was saved; rerun the command to carry on")
         return 128 + signal.SIGINT
 
 

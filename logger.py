@@ -10,7 +10,7 @@ from typing import Optional
 
 from termcolor import colored
 
-from utils import ConfigError, discard_stdout, save_text
+from utils import ConfigError, discard_stdout, save_text, tell
 
 
 class _ColourFormatter(logging.Formatter):
@@ -38,11 +38,8 @@ class _Console(logging.StreamHandler):
         self.stopped = True
         discard_stdout()  # the text still buffered would fail again at exit
         if not isinstance(err, BrokenPipeError):  # a reader that left (`| head`) needs no word
-            try:
-                print(f"warning: logging to standard output stopped ({err.strerror}); the run goes on and "
-                      "log_rank0.txt in its folder keeps the log", file=sys.stderr)
-            except OSError:
-                pass
+            tell(f"warning: logging to standard output stopped ({err.strerror}); the run goes on and log_rank0.txt "
+                 "in its folder keeps the log")
 
 
 class _LogFile(logging.FileHandler):

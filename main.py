@@ -21,7 +21,7 @@ from evaluate import run_eval, run_throughput
 from logger import create_logger
 from runtime import init_runtime, launcher_ranks, meet_before_exit, shutdown_runtime
 from trainer import Interrupted, run_training
-from utils import UserError, announce_user_error, seed_everything, write_to_log_files
+from utils import UserError, announce_user_error, seed_everything, tell, write_to_log_files
 from weights import with_local_weights
 
 # timm train.py flags and what sets the same thing here (hints, not aliases: one way to set each thing).
@@ -139,7 +139,7 @@ def _run_main(args: argparse.Namespace, is_rank0: bool) -> int:
         run(config)
     except Interrupted as stop:
         if is_rank0:
-            print(f"interrupted: {stop}", file=sys.stderr)
+            tell(f"interrupted: {stop}")
         write_to_log_files(f"interrupted: {stop}")
         return 128 + stop.signum
     return 0

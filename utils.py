@@ -56,6 +56,15 @@ def announce_user_error(err: UserError, show: bool) -> None:
     signal.signal(signal.SIGTERM, lambda *_: os._exit(2))
 
 
+def tell(line: str) -> None:
+    """Print `line` on stderr; a stderr that cannot take it (a full disk, a closed pipe) must not turn the exit
+    code of what is being told into a traceback's."""
+    try:
+        print(line, file=sys.stderr, flush=True)
+    except OSError:
+        pass
+
+
 def report_user_error(err: UserError, show: bool = True) -> int:
     """Print `err` as one `error: ...` line on stderr (when `show`) and return the exit code for user mistakes, 2.
 
@@ -69,7 +78,7 @@ def report_user_error(err: UserError, show: bool = True) -> int:
         message = " ".join(lines)
     if not getattr(err, "reported", False):
         if show:
-            print(f"error: {message}", file=sys.stderr)
+            tell(f"error: {message}")
         write_to_log_files(f"error: {message}")
     err.reported = True
     return 2

@@ -280,3 +280,12 @@ def test_a_reader_that_leaves_early_ends_the_tool_quietly(name, files):
     with os.fdopen(write_end, "w") as pipe:
         result = _run_tool(STDOUT_CASES[name], files, pipe)
     assert result.returncode == 128 + signal.SIGPIPE and result.stderr == "", result.stderr
+
+
+@pytest.mark.parametrize("argv", [["main.py", "--cfg", "/no/such.yaml"], ["-m", "tools.zoo", "--filter", "resnet"],
+                                  ["-m", "tools.summary", "--cfg", TINY_CFG, "--bogus"]],
+                         ids=["main.py, a missing config", "zoo, nothing matches", "summary, an unknown flag"])
+def test_a_mistake_told_to_a_full_stderr_keeps_its_exit_code(argv):
+    with open("/dev/full", "w") as full:
+        result = subprocess.run([sys.executable, *argv], cwd=ROOT, stdout=subprocess.PIPE, stderr=full, timeout=300)
+    assert result.returncode == 2
