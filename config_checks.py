@@ -67,8 +67,8 @@ class Range:
         kind = "an integer" if self.integer else "a finite number"
         if self.high is None:
             return f"{kind} {'>' if self.low_open else '>='} {self.low:g}"
-        return (f"{kind} in {'(' if self.low_open else '['}{self.low:g}, {self.high:g}"
-                f"{')' if self.high_open else ']'}")
+        high = f"{self.high:d}" if self.integer else f"{self.high:g}"
+        return f"{kind} in {'(' if self.low_open else '['}{self.low:g}, {high}{')' if self.high_open else ']'}"
 
 
 COUNT = Range(1, integer=True)  # 1, 2, ...
@@ -77,6 +77,8 @@ POSITIVE = Range(0, low_open=True)
 NON_NEGATIVE = Range(0)
 PROBABILITY = Range(0, 1)
 FRACTION_BELOW_ONE = Range(0, 1, high_open=True)
+# Seeds feed numpy's 32-bit generator and torch's 64-bit one after adding the rank and epoch.
+SEED_RANGE = Range(0, 2**32 - 1, integer=True)
 
 _ARCHITECTURE = {"PATCH_SIZE": COUNT, "IN_CHANS": COUNT, "EMBED_DIM": COUNT, "DEPTHS": COUNT, "NUM_HEADS": COUNT,
                  "WINDOW_SIZE": COUNT, "MLP_RATIO": POSITIVE}
@@ -100,7 +102,7 @@ RANGES = {
     "AUG.COLOR_JITTER": NON_NEGATIVE, "AUG.REPROB": PROBABILITY, "AUG.RECOUNT": COUNT, "AUG.MIXUP": NON_NEGATIVE,
     "AUG.CUTMIX": NON_NEGATIVE, "AUG.CUTMIX_MINMAX": Range(0, 1, low_open=True), "AUG.MIXUP_PROB": PROBABILITY,
     "AUG.MIXUP_SWITCH_PROB": PROBABILITY,
-    "SAVE_FREQ": COUNT, "PRINT_FREQ": COUNT, "SEED": NON_NEGATIVE_INT, "LOCAL_RANK": NON_NEGATIVE_INT,
+    "SAVE_FREQ": COUNT, "PRINT_FREQ": COUNT, "SEED": SEED_RANGE, "LOCAL_RANK": NON_NEGATIVE_INT,
 }
 # List keys and the number of elements they must have (None: any number, at least one).
 _LIST_LENGTHS = {"TRAIN.OPTIMIZER.BETAS": 2, "AUG.CUTMIX_MINMAX": 2, "TRAIN.LR_SCHEDULER.MULTISTEPS": 0}

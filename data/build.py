@@ -165,10 +165,24 @@ def build_mixup(config: CfgNode, num_classes: int) -> Optional[Mixup]:
                  label_smoothing=config.MODEL.LABEL_SMOOTHING, num_classes=num_classes)
 
 
+def loader_workers(requested: int) -> int:
+    """DATA.NUM_WORKERS, at most one per CPU this process may use: more only cost start-up time and memory
+    (thousands would exhaust the machine's processes). Results do not depend on the count."""
+    return min(requested, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+
+
+def _note_worker_cap(config: CfgNode, logger: logging.Logger) -> None:
+    workers = loader_workers(config.DATA.NUM_WORKERS)
+    if workers < config.DATA.NUM_WORKERS:
+        logger.warning(f"DATA.NUM_WORKERS {config.DATA.NUM_WORKERS} is more than the CPUs this process may use "
+                       f"({workers}); starting {workers} loader workers")
+
+
 def _worker_options(config: CfgNode, rt: Runtime, persistent: bool) -> dict:
-    """DataLoader worker settings: DATA.NUM_WORKERS workers started by init_loader_worker, pinned memory on CUDA."""
-    return dict(num_workers=config.DATA.NUM_WORKERS, pin_memory=config.DATA.PIN_MEMORY and rt.device.type == "cuda",
-                persistent_workers=persistent and config.DATA.NUM_WORKERS > 0, worker_init_fn=init_loader_worker)
+    """DataLoader worker settings: loader_workers workers started by init_loader_worker, pinned memory on CUDA."""
+    workers = loader_workers(config.DATA.NUM_WORKERS)
+    return dict(num_workers=workers, pin_memory=config.DATA.PIN_MEMORY and rt.device.type == "cuda",
+                persistent_workers=persistent and workers > 0, worker_init_fn=init_loader_worker)
 
 
 def _val_loader(val: Dataset, config: CfgNode, rt: Runtime, logger: logging.Logger, persistent: bool) -> DataLoader:
@@ -190,7 +204,9 @@ def build_eval_loader(config: CfgNode, rt: Runtime, class_names: Optional[list[s
     val = _build_val_dataset(config, root_of_val=True)
     if class_names and isinstance(val, ImageFolderDataset):
         val.label_by(class_names)
-    loader = _val_loader(val, config, rt, logger or logging.getLogger(__name__), persistent=False)
+    logger = logger or logging.getLogger(__name__)
+    _note_worker_cap(config, logger)
+    loader = _val_loader(val, config, rt, logger, persistent=False)
     if config.DATA.NUM_WORKERS > 0:
         _end_workers_at_exit()
     return loader, len(val.classes), list(val.classes)
@@ -210,6 +226,7 @@ def _train_loader(train: Dataset, config: CfgNode, rt: Runtime, logger: logging.
         raise DataError(f"TRAIN.ACCUMULATION_STEPS {config.TRAIN.ACCUMULATION_STEPS} is more than the {batches} "
                         "batches of an epoch per process; lower --accumulation-steps or --batch-size")
     skip = config.DATA.DECODE_ERRORS == "skip"
+    _note_worker_cap(config, logger)
     # Each sample's augmentation is seeded from (SEED, epoch, index): the same whatever the number of
     # workers or processes, so a resumed run draws what an uninterrupted one would have drawn. The loader's
     # own generator keeps its start-up from drawing on the global RNG that Mixup and drop path use.

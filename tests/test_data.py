@@ -267,3 +267,15 @@ def test_loader_workers_keep_freed_memory_whatever_their_start_method():
     if faults[None] < 10_000:
         pytest.skip(f"this C library reuses freed memory by default ({faults[None]} page faults)")
     assert faults[init_loader_worker] < 100, faults
+
+
+def test_more_workers_than_cpus_start_one_per_cpu_with_a_warning(monkeypatch, caplog):
+    """DATA.NUM_WORKERS 10000 used to fork 10000 processes (and torch warned in two multi-line blocks)."""
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0}, raising=False)
+    bundle = build_loader(load_config("configs/demo_digits.yaml", ("DATA.NUM_WORKERS", "10000")), CPU)
+    assert bundle.loader_train.num_workers == 1 and bundle.loader_val.num_workers == 1
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert warnings == ["DATA.NUM_WORKERS 10000 is more than the CPUs this process may use (1); starting 1 loader "
+                        "workers"]
+    images, targets = next(iter(bundle.loader_train))
+    assert images.shape == (32, 3, 32, 32)
