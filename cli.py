@@ -33,6 +33,14 @@ class StrictParser(argparse.ArgumentParser):
         tell(f"error: {message}; see `{self.prog} --help`")
         sys.exit(2)
 
+    def print_help(self, file: Optional[TextIO] = None) -> None:
+        """--help through the commands' error path: argparse drops a failed write silently and exits 0."""
+        if file is not None:
+            return super().print_help(file)
+        code = run_command(lambda: print(self.format_help(), end="") or 0)
+        if code:
+            sys.exit(code)
+
     def _hint(self, unknown: list[str]) -> str:
         for position, word in enumerate(unknown):
             flag, _, inline = word.partition("=")
@@ -124,12 +132,24 @@ def _stdout_errors_named() -> Iterator[None]:
         sys.stdout = stream
 
 
-def positive_int(text: str) -> int:
-    """argparse type for counts: a whole number of at least 1."""
+def _whole_number(text: str) -> int:
     try:
-        value = int(text)
+        return int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+
+
+def positive_int(text: str) -> int:
+    """argparse type for counts: a whole number of at least 1."""
+    value = _whole_number(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"{value} is not a positive number")
+    return value
+
+
+def seed_int(text: str) -> int:
+    """argparse type for seeds: the range of config key SEED, which every generator here accepts."""
+    value = _whole_number(text)
+    if not 0 <= value < 2**32:
+        raise argparse.ArgumentTypeError(f"{value} is not a seed in [0, {2**32 - 1}]")
     return value

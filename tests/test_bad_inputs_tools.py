@@ -12,6 +12,7 @@ import torch
 from bad_inputs import assert_one_error_line, call, image_tree, png_bytes
 from conftest import ROOT, TINY_CFG, digest
 
+import main as main_py
 from cli import run_command
 from data import make_map
 from tools import convert, export, plot_metrics, predict, reconstruct, summary, zoo
@@ -119,6 +120,10 @@ CASES = {
                                        ("0.png: it is an input",)),
         "count zero": (["{images}", "--resume", "{simmim}", "--output", "{out}/r.png", "--count", "0"],
                        ("--count",)),
+        "seed beyond 32 bits": (["{images}", "--resume", "{simmim}", "--output", "{out}/r.png", "--seed",
+                                 str(2**64)], ("--seed", "4294967295")),
+        "negative seed": (["{images}", "--resume", "{simmim}", "--output", "{out}/r.png", "--seed", "-1"],
+                          ("--seed", "-1 is not a seed")),
     },
     summary.main: {
         "missing config": (["--cfg", "/no/cfg.yaml"], ("/no/cfg.yaml",)),
@@ -258,6 +263,9 @@ STDOUT_CASES = {
     "make_map": ["-m", "data.make_map", "{images}/train"],
     "predict": ["-m", "tools.predict", "{images}", "--cfg", TINY_CFG, "--random-weights", "--compile", "off"],
 }
+# Every command's --help (argparse alone drops a failed write and exits 0), in this process.
+HELP_COMMANDS = {"main.py": main_py.main, "make_map": make_map.main, **{tool.__name__: tool.main for tool in (
+    convert, export, plot_metrics, predict, reconstruct, summary, zoo)}}
 
 
 def _run_tool(argv: list, files: dict, stdout) -> subprocess.CompletedProcess:
@@ -279,6 +287,22 @@ def test_a_reader_that_leaves_early_ends_the_tool_quietly(name, files):
     os.close(read_end)  # `| head` that has already gone
     with os.fdopen(write_end, "w") as pipe:
         result = _run_tool(STDOUT_CASES[name], files, pipe)
+    assert result.returncode == 128 + signal.SIGPIPE and result.stderr == "", result.stderr
+
+
+@pytest.mark.parametrize("name", sorted(HELP_COMMANDS))
+def test_help_onto_a_full_disk_is_one_line_naming_standard_output(name, monkeypatch, capsys):
+    with open("/dev/full", "w") as full:
+        monkeypatch.setattr(sys, "stdout", full)
+        code, _, err = call(HELP_COMMANDS[name], ["--help"], capsys)
+    assert_one_error_line(code, "", err, "standard output cannot be written", os.strerror(errno.ENOSPC))
+
+
+def test_help_into_a_closed_pipe_ends_quietly(files):
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    with os.fdopen(write_end, "w") as pipe:
+        result = _run_tool(["main.py", "--help"], files, pipe)
     assert result.returncode == 128 + signal.SIGPIPE and result.stderr == "", result.stderr
 
 

@@ -21,7 +21,7 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from cli import StrictParser, positive_int, run_command  # noqa: E402
+from cli import StrictParser, positive_int, run_command, seed_int  # noqa: E402
 from data.datasets import decode_image  # noqa: E402
 from data.simmim import build_mask_generator  # noqa: E402
 from data.transforms import build_transform  # noqa: E402
@@ -76,7 +76,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     add_model_arguments(parser, "a SimMIM pre-training checkpoint")
     parser.add_argument("--output", required=True, help="the PNG to write")
     parser.add_argument("--count", type=positive_int, default=8, help="images shown, the first ones found (default 8)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the masks (default 0)")
+    parser.add_argument("--seed", type=seed_int, default=0, help="seed of the masks (default 0)")
     args = parser.parse_args(argv)
     if not args.output.lower().endswith(".png"):
         parser.error(f"--output {args.output} is not a .png file name; give one ending in .png")
