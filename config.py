@@ -1,21 +1,18 @@
-"""Configuration: the reference Swin defaults, YAML files with BASE inheritance, and checks.
+"""Configuration: the reference Swin defaults (`_C`), `load_config` and `get_config`.
 
-The keys and their groups are those of the paper's reference code, so its configs and
-command lines work here unchanged. Values are merged strictly: an unknown key or a value
-of the wrong type is a `ConfigError` that names the key and, where it can, the fix.
+Keys, groups and flags are the reference code's, so its configs and command lines work here
+unchanged; config_merge merges them strictly (one line per mistake) and config_checks checks values.
 """
 
-import ast
-import difflib
 import os
-from typing import Any, Iterable, Optional, Sequence
+from typing import Any, Iterable, Optional
 
-import yaml
 from yacs.config import CfgNode as CN
 
 from config_checks import architecture_differences, validate_config
+from config_merge import flags_as_opts, merge_file, merge_opts, merge_stored
 from models import zoo
-from utils import ConfigError, kind_problem, load_checkpoint_file
+from utils import ConfigError, load_checkpoint_file
 
 _ROOT = os.path.dirname(os.path.abspath(__file__))
 
@@ -251,8 +248,7 @@ _C.TEST.CROP = True
 _C.TEST.SEQUENTIAL = False
 # Shuffle the evaluation set.
 _C.TEST.SHUFFLE = False
-# --eval and --throughput: auto (torch.compile on CUDA; on CPU oneDNN's linear kernel, as compiling ran no faster), on
-# (torch.compile), off (the model as built).
+# --eval, --throughput: auto (torch.compile on CUDA, oneDNN's linear kernel on CPU), on (torch.compile) or off.
 _C.TEST.COMPILE = "auto"
 
 # Legacy apex flag of the reference (ignored).
@@ -263,8 +259,7 @@ _C.AMP_ENABLE = True
 _C.AMP_OPT_LEVEL = ""
 # Mixed-precision dtype: fp16 (with loss scaling) or bf16.
 _C.AMP_DTYPE = "fp16"
-# On CUDA, let fp32 matmuls and convolutions use TF32 (faster on Ampere and later, 10-bit mantissa). Off by
-# default, so that --disable_amp means fp32 throughout.
+# On CUDA, fp32 matmuls and convolutions may use TF32 (faster, 10-bit mantissa); off, so --disable_amp means fp32.
 _C.ALLOW_TF32 = False
 # Device: auto (CUDA when available), cpu or cuda.
 _C.DEVICE = "auto"
@@ -290,155 +285,14 @@ _C.LOCAL_RANK = 0
 _C.FUSED_WINDOW_PROCESS = False
 _C.FUSED_LAYERNORM = False
 
+
 def default_config() -> CN:
     """A mutable copy of the defaults."""
     return _C.clone()
 
 
-def _all_keys(node: CN, prefix: str = "") -> list[str]:
-    keys = []
-    for name, value in node.items():
-        full = f"{prefix}{name}"
-        keys.extend(_all_keys(value, full + ".") if isinstance(value, CN) else [full])
-    return keys
-
-
-def _unknown_key_error(full_key: str, source: str) -> ConfigError:
-    known = _all_keys(_C)
-    close = difflib.get_close_matches(full_key, known, n=1, cutoff=0.6)
-    hint = f" (did you mean {close[0]}?)" if close else "; see config.py for the valid keys"
-    return ConfigError(f"config key {full_key} in {source} does not exist{hint}")
-
-
-def _coerce(full_key: str, value: Any, default: Any, source: str) -> Any:
-    """Return `value` in the type of `default`, or raise a ConfigError naming the key."""
-    if default is None or value is None:
-        return value
-    if isinstance(default, bool) or isinstance(value, bool):
-        if isinstance(default, bool) and isinstance(value, bool):
-            return value
-    elif isinstance(default, float) and isinstance(value, (int, float)):
-        return float(value)
-    elif isinstance(default, (list, tuple)) and isinstance(value, (list, tuple)):
-        return type(default)(value)
-    elif type(value) is type(default):
-        return value
-    expected = type(default).__name__
-    raise ConfigError(
-        f"config key {full_key} in {source} must be of type {expected}, got {value!r} ({type(value).__name__})"
-    )
-
-
-def _merge(cfg: CN, values: dict, source: str, prefix: str = "") -> None:
-    for name, value in values.items():
-        full_key = f"{prefix}{name}"
-        if name not in cfg:
-            raise _unknown_key_error(full_key, source)
-        current = cfg[name]
-        if isinstance(current, CN):
-            if not isinstance(value, dict):
-                raise ConfigError(f"config key {full_key} in {source} is a group; give it KEY: VALUE entries")
-            _merge(current, value, source, full_key + ".")
-        else:
-            cfg[name] = _coerce(full_key, _decode(value), current, source)
-
-
-def _decode(value: Any) -> Any:
-    """Read numbers, lists and booleans written as strings (`1e-8`, `[2, 2]`, `True`), as yacs does."""
-    if not isinstance(value, str):
-        return value
-    try:
-        return ast.literal_eval(value)
-    except (ValueError, SyntaxError):
-        return value
-
-
-class _StrictLoader(yaml.SafeLoader):
-    """YAML that refuses a key given twice in one mapping (plain YAML silently keeps the last)."""
-
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
-        seen = set()
-        for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=deep)
-            if key in seen:
-                raise ConfigError(f"config file {self.name} gives {key} twice (line {key_node.start_mark.line + 1}); "
-                                  "keep one")
-            seen.add(key)
-        return super().construct_mapping(node, deep)
-
-
-def _read_yaml(cfg_file: str) -> dict:
-    if problem := kind_problem(cfg_file, "file"):
-        raise ConfigError(f"config file {cfg_file} {problem}; pass an existing YAML file to --cfg")
-    try:
-        with open(cfg_file, encoding="utf-8") as f:
-            text = f.read()
-        loader = _StrictLoader(text)
-        loader.name = cfg_file
-        try:
-            values = loader.get_single_data()
-        finally:
-            loader.dispose()
-    except UnicodeDecodeError:
-        raise ConfigError(f"config file {cfg_file} is not UTF-8 text; pass a YAML file saved as UTF-8") from None
-    except OSError as err:
-        raise ConfigError(f"config file {cfg_file} cannot be read ({err.strerror}); check its permissions") from None
-    except yaml.YAMLError as err:
-        line = getattr(getattr(err, "problem_mark", None), "line", None)
-        where = f" at line {line + 1}" if line is not None else ""
-        raise ConfigError(f"config file {cfg_file} is not valid YAML{where}; fix its syntax") from None
-    if values is None:
-        return {}
-    if not isinstance(values, dict):
-        raise ConfigError(f"config file {cfg_file} must hold KEY: VALUE entries at the top level")
-    return values
-
-
-def _merge_file(cfg: CN, cfg_file: str, seen: tuple[str, ...] = ()) -> None:
-    """Merge `cfg_file` into `cfg`, its BASE files first (relative to its folder)."""
-    real = os.path.realpath(cfg_file)
-    if real in seen:
-        raise ConfigError(f"config file {cfg_file} includes itself through BASE; remove the loop")
-    values = _read_yaml(cfg_file)
-    bases = values.pop("BASE", None) or []
-    if not isinstance(bases, list) or not all(isinstance(b, str) for b in bases):
-        raise ConfigError(f"config key BASE in {cfg_file} must be a list of file names, e.g. BASE: ['base.yaml']; "
-                          f"got {bases!r}")
-    for base in bases:
-        if base:
-            _merge_file(cfg, os.path.join(os.path.dirname(cfg_file), base), seen + (real,))
-    _merge(cfg, values, cfg_file)
-
-
-def _check_pairs(opts: Sequence[str]) -> None:
-    """--opts must alternate KEY VALUE: name the key that lacks its value, not whatever ended up last."""
-    keys = set(_all_keys(_C))
-    for position, item in enumerate(opts):
-        key, equals, value = item.partition("=")
-        if equals and (key in keys or position % 2 == 0):  # keys hold no "=", values may
-            raise ConfigError(f"--opts takes KEY VALUE pairs, not {item}; write --opts {key} {value or 'VALUE'}")
-    for position in range(1, len(opts), 2):
-        if opts[position] in keys:
-            raise ConfigError(f"--opts key {opts[position - 1]} has no value ({opts[position]} follows it); "
-                              "give every key a value: --opts KEY VALUE KEY VALUE")
-    if len(opts) % 2:
-        raise ConfigError(f"--opts key {opts[-1]} has no value; give every key a value: --opts KEY VALUE")
-
-
-def _merge_opts(cfg: CN, opts: Sequence[str]) -> None:
-    _check_pairs(opts)
-    for full_key, raw in zip(opts[0::2], opts[1::2]):
-        *groups, name = full_key.split(".")
-        node = cfg
-        for group in groups:
-            if group not in node or not isinstance(node[group], CN):
-                raise _unknown_key_error(full_key, "--opts")
-            node = node[group]
-        _merge(node, {name: raw}, "--opts", ".".join(groups) + "." if groups else "")
-
-
 def _finish(cfg: CN, opts: Iterable[str]) -> CN:
-    _merge_opts(cfg, list(opts))
+    merge_opts(cfg, list(opts))
     validate_config(cfg)
     cfg.freeze()
     return cfg
@@ -451,7 +305,7 @@ def load_config(cfg_file: str, opts: Iterable[str] = ()) -> CN:
     for the same arguments.
     """
     cfg = default_config()
-    _merge_file(cfg, cfg_file)
+    merge_file(cfg, cfg_file)
     return _finish(cfg, opts)
 
 
@@ -461,18 +315,8 @@ def load_stored_config(text: str, source: str, opts: Iterable[str] = (), for_fin
     `for_finetuning` (--pretrained): a new run on new data, so the data source is the user's to give
     (--data-path), and the run gets its own folder (tag `finetune`), never the one it starts from.
     """
-    loader = _StrictLoader(text)
-    loader.name = source
-    try:
-        values = loader.get_single_data()
-    except yaml.YAMLError:
-        raise ConfigError(f"the config stored in {source} is not valid YAML; pass --cfg") from None
-    finally:
-        loader.dispose()
-    if not isinstance(values, dict):
-        raise ConfigError(f"the config stored in {source} is not a KEY: VALUE mapping; pass --cfg")
     cfg = default_config()
-    _merge(cfg, values, f"the config stored in {source}")
+    merge_stored(cfg, text, source)
     # What described the run that wrote it, not its model, starts afresh.
     cfg.MODEL.RESUME = cfg.MODEL.PRETRAINED = ""
     cfg.EVAL_MODE = cfg.THROUGHPUT_MODE = False
@@ -490,34 +334,6 @@ def load_stored_config(text: str, source: str, opts: Iterable[str] = (), for_fin
         cfg.MODEL.NUM_CLASSES = _C.MODEL.NUM_CLASSES  # the new data's
         cfg.TAG = "finetune"
     return _finish(cfg, opts)
-
-
-# Named flags of main.py and the config keys they set, as in the reference code.
-_FLAG_KEYS = (
-    ("batch_size", "DATA.BATCH_SIZE"),
-    ("data_path", "DATA.DATA_PATH"),
-    ("cache_mode", "DATA.CACHE_MODE"),
-    ("pretrained", "MODEL.PRETRAINED"),
-    ("resume", "MODEL.RESUME"),
-    ("accumulation_steps", "TRAIN.ACCUMULATION_STEPS"),
-    ("output", "OUTPUT"),
-    ("tag", "TAG"),
-    ("optim", "TRAIN.OPTIMIZER.NAME"),
-    ("num_classes", "MODEL.NUM_CLASSES"),
-    ("amp_dtype", "AMP_DTYPE"),
-    ("device", "DEVICE"),
-    ("amp_opt_level", "AMP_OPT_LEVEL"),
-)
-_SWITCH_KEYS = (
-    ("zip", "DATA.ZIP_MODE", True),
-    ("use_checkpoint", "TRAIN.USE_CHECKPOINT", True),
-    ("disable_amp", "AMP_ENABLE", False),
-    ("compile", "COMPILE", True),
-    ("eval", "EVAL_MODE", True),
-    ("throughput", "THROUGHPUT_MODE", True),
-    ("fused_window_process", "FUSED_WINDOW_PROCESS", True),
-    ("fused_layernorm", "FUSED_LAYERNORM", True),
-)
 
 
 def config_from_weights(spec: str, flag: str, opts: Iterable[str] = (), payload: Optional[dict] = None) -> CN:
@@ -561,17 +377,7 @@ def get_config(args: Any) -> CN:
     --cfg the config comes with the weights: a zoo name's published config, or the one stored
     in a checkpoint written here.
     """
-    opts = list(args.opts or ())
-    _check_pairs(opts)  # alone, before the flags' own pairs follow
-    for attr, key in _FLAG_KEYS:
-        value = getattr(args, attr, None)
-        if value is not None:
-            opts += [key, str(value) if not isinstance(value, str) else repr(value)]
-    for attr, key, value in _SWITCH_KEYS:
-        if getattr(args, attr, False):
-            opts += [key, str(value)]
-    if getattr(args, "amp_opt_level", None) == "O0":  # the reference's apex level for no mixed precision
-        opts += ["AMP_ENABLE", "False"]
+    opts = flags_as_opts(args, _C)
     given = [(flag, spec) for flag, spec in (("--resume", args.resume), ("--pretrained", args.pretrained)) if spec]
     if args.cfg:
         cfg = load_config(args.cfg, opts)
