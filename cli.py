@@ -13,6 +13,7 @@ import signal
 import sys
 from typing import Callable, Iterator, NoReturn, Optional, TextIO
 
+from config_checks import SEED_RANGE
 from utils import WRITE_ERRNOS, UserError, discard_stdout, report_user_error, tell
 
 
@@ -150,6 +151,6 @@ def positive_int(text: str) -> int:
 def seed_int(text: str) -> int:
     """argparse type for seeds: the range of config key SEED, which every generator here accepts."""
     value = _whole_number(text)
-    if not 0 <= value < 2**32:
-        raise argparse.ArgumentTypeError(f"{value} is not a seed in [0, {2**32 - 1}]")
+    if not SEED_RANGE.holds(value):
+        raise argparse.ArgumentTypeError(f"{value} is not a seed: it must be {SEED_RANGE.describe()}")
     return value
