@@ -12,6 +12,7 @@ from yacs.config import CfgNode as CN
 from config_checks import architecture_differences, validate_config
 from config_merge import flags_as_opts, merge_file, merge_opts, merge_stored
 from models import zoo
+from runtime import launcher_ranks
 from utils import ConfigError, load_checkpoint_file
 
 _ROOT = os.path.dirname(os.path.abspath(__file__))
@@ -393,7 +394,10 @@ def get_config(args: Any) -> CN:
                           "which brings its own images; add --opts DATA.DATASET imagenet to use the folder, or drop "
                           "--data-path")
     cfg.defrost()
-    cfg.LOCAL_RANK = int(os.environ.get("LOCAL_RANK", getattr(args, "local_rank", None) or 0))
+    flag = getattr(args, "local_rank", None)
+    if flag is not None and flag < 0:
+        raise ConfigError(f"--local_rank is {flag}; a local rank is a whole number from 0 (the launcher sets it)")
+    cfg.LOCAL_RANK = launcher_ranks()[2] if "LOCAL_RANK" in os.environ or flag is None else flag
     cfg.OUTPUT = os.path.join(cfg.OUTPUT, cfg.MODEL.NAME, cfg.TAG)
     cfg.freeze()
     return cfg

@@ -122,16 +122,26 @@ def main(argv: Optional[list[str]] = None) -> int:
     printed by rank 0 alone; one that only this rank met is printed by it.
     """
     args = parse_args(argv)
-    is_rank0 = launcher_ranks()[0] == 0
+    is_rank0 = _launched_as()[0] == 0
     return run_command(lambda: _run_main(args, is_rank0), show_errors=is_rank0)
 
 
+def _launched_as() -> tuple[int, int]:
+    """(rank, world size) of this process, where the launcher's variables can tell; (0, 1) where they cannot, which
+    _run_main then reports as the mistake it is, from every process."""
+    try:
+        return launcher_ranks()[:2]
+    except UserError:
+        return 0, 1
+
+
 def _run_main(args: argparse.Namespace, is_rank0: bool) -> int:
+    world_size = launcher_ranks()[1]  # launcher variables that describe no process are the first mistake to report
     try:
         config = get_config(args)
     except UserError as err:
         err.agreed = True  # every rank reads the same flags and files
-        if launcher_ranks()[1] > 1:
+        if world_size > 1:
             announce_user_error(err, show=is_rank0)
             meet_before_exit()
         raise
@@ -148,7 +158,7 @@ def _run_main(args: argparse.Namespace, is_rank0: bool) -> int:
 def exit_process(code: int) -> None:
     """Exit with `code`. After a user mistake under a launcher, skip the interpreter's slow teardown: torchrun
     sends SIGTERM to the ranks still alive once one has exited, which would turn their code 2 into a signal."""
-    if code == 2 and launcher_ranks()[1] > 1:
+    if code == 2 and _launched_as()[1] > 1:
         logging.shutdown()
         sys.stdout.flush()
         sys.stderr.flush()

@@ -155,6 +155,9 @@ def _pick_device(config: CfgNode, local_rank: int) -> torch.device:
         raise ConfigError("DEVICE is cuda but no CUDA device is visible; use --device cpu or auto")
     if wanted == "cpu" or not torch.cuda.is_available():
         return torch.device("cpu")
+    if local_rank >= torch.cuda.device_count():
+        raise ConfigError(f"local rank {local_rank} has no CUDA device: {torch.cuda.device_count()} are visible; start "
+                          "one process per GPU (torchrun --nproc_per_node), or check CUDA_VISIBLE_DEVICES")
     return torch.device("cuda", local_rank)
 
 
@@ -175,14 +178,39 @@ def _first_slurm_host(nodelist: str) -> str:
     return match.group(1) + (match.group(2) or "")
 
 
+_LAUNCH_FIX = "launch with torchrun (or srun), which sets RANK, WORLD_SIZE and LOCAL_RANK together, or unset it"
+
+
+def _launcher_number(name: str, default: str = "0", least: int = 0) -> int:
+    """The launcher variable `name` as a whole number of at least `least`, or one ConfigError naming it."""
+    value = os.environ.get(name, default)
+    if not (value.strip().isascii() and value.strip().isdigit()) or int(value) < least:
+        raise ConfigError(f"launcher variable {name} is {value!r}, not a whole number of at least {least}; "
+                          f"{_LAUNCH_FIX}")
+    return int(value)
+
+
 def launcher_ranks() -> tuple[int, int, int]:
-    """(rank, world size, local rank) from torchrun's variables, else from `srun`'s, else a world of one."""
+    """(rank, world size, local rank) from torchrun's variables, else from `srun`'s, else a world of one; a value
+    that cannot describe a process of a job is one ConfigError naming the variable."""
     env = os.environ
     if "RANK" in env or "WORLD_SIZE" in env:
-        return int(env.get("RANK", "0")), int(env.get("WORLD_SIZE", "1")), int(env.get("LOCAL_RANK", "0"))
-    if "SLURM_PROCID" in env and int(env.get("SLURM_NTASKS", "1")) > 1:
-        return int(env["SLURM_PROCID"]), int(env["SLURM_NTASKS"]), int(env.get("SLURM_LOCALID", "0"))
-    return 0, 1, 0
+        world_size = _launcher_number("WORLD_SIZE", "1", least=1)
+        if "RANK" not in env and world_size > 1:
+            raise ConfigError(f"launcher variable WORLD_SIZE is {world_size} but RANK is not set; {_LAUNCH_FIX}")
+        names = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
+        rank, local_rank = _launcher_number("RANK"), _launcher_number("LOCAL_RANK")
+    elif "SLURM_PROCID" in env and _launcher_number("SLURM_NTASKS", "1", least=1) > 1:
+        names = ("SLURM_PROCID", "SLURM_NTASKS", "SLURM_LOCALID")
+        rank, world_size, local_rank = (_launcher_number("SLURM_PROCID"), _launcher_number("SLURM_NTASKS"),
+                                        _launcher_number("SLURM_LOCALID"))
+    else:
+        return 0, 1, _launcher_number("LOCAL_RANK") if "LOCAL_RANK" in env else 0
+    if rank >= world_size or local_rank > rank:
+        raise ConfigError(f"launcher variables {names[0]} {rank}, {names[1]} {world_size} and {names[2]} {local_rank} "
+                          f"describe no process of the job (a rank must be below the world size, and a local rank "
+                          f"no larger than the rank); {_LAUNCH_FIX}")
+    return rank, world_size, local_rank
 
 
 def _slurm_rendezvous() -> None:

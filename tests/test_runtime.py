@@ -7,9 +7,11 @@ import sys
 
 import pytest
 import torch
-from conftest import TINY_CFG
+from bad_inputs import assert_one_error_line, call
+from conftest import TINY_CFG, assert_user_error, run_main
 
-from config import load_config
+import main as main_module
+from config import get_config, load_config
 from models import build_model
 from models.cpu_linear import OneDnnLinear
 from optimizer import build_optimizer
@@ -150,3 +152,49 @@ def test_a_cpu_process_keeps_freed_memory_so_a_reused_buffer_faults_in_no_new_pa
         pytest.skip("this C library has no glibc mallopt")
     assert results["default"][1] > 10_000, results
     assert results["kept"][1] < 100, results
+
+
+# Launcher variables no process of a job can have: name -> (environment, words the one error line holds).
+LAUNCHER_CASES = {
+    "rank not a number": ({"RANK": "abc", "WORLD_SIZE": "2"}, ("RANK is 'abc'",)),
+    "local rank not a number": ({"LOCAL_RANK": "abc"}, ("LOCAL_RANK is 'abc'",)),
+    "negative local rank": ({"LOCAL_RANK": "-3"}, ("LOCAL_RANK is '-3'",)),
+    "rank in another script": ({"RANK": "0", "WORLD_SIZE": "2", "LOCAL_RANK": "٣"}, ("LOCAL_RANK is '٣'",)),
+    "rank without a world": ({"RANK": "1"}, ("RANK 1, WORLD_SIZE 1", "describe no process")),
+    "world without a rank": ({"WORLD_SIZE": "2"}, ("WORLD_SIZE is 2 but RANK is not set", "torchrun")),
+    "world of none": ({"RANK": "0", "WORLD_SIZE": "0"}, ("WORLD_SIZE is '0'", "at least 1")),
+    "negative world": ({"RANK": "0", "WORLD_SIZE": "-1"}, ("WORLD_SIZE is '-1'",)),
+    "rank past the world": ({"RANK": "2", "WORLD_SIZE": "2"}, ("RANK 2, WORLD_SIZE 2",)),
+    "local rank past the rank": ({"RANK": "0", "WORLD_SIZE": "2", "LOCAL_RANK": "1"}, ("LOCAL_RANK 1",)),
+    "slurm task count not a number": ({"SLURM_PROCID": "0", "SLURM_NTASKS": "x"}, ("SLURM_NTASKS is 'x'",)),
+    "slurm rank past the tasks": ({"SLURM_PROCID": "5", "SLURM_NTASKS": "2"}, ("SLURM_PROCID 5, SLURM_NTASKS 2",)),
+}
+LAUNCHER_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "SLURM_PROCID", "SLURM_NTASKS", "SLURM_LOCALID")
+
+
+@pytest.mark.parametrize("name", sorted(LAUNCHER_CASES))
+def test_launcher_variables_that_describe_no_process_are_one_line(name, monkeypatch, tmp_path, capsys):
+    environment, fragments = LAUNCHER_CASES[name]
+    for variable in LAUNCHER_VARIABLES:
+        monkeypatch.delenv(variable, raising=False)
+    for variable, value in environment.items():
+        monkeypatch.setenv(variable, value)
+    argv = ["--cfg", TINY_CFG, "--output", str(tmp_path), "--opts", "DATA.DATASET", "digits"]
+    code, out, err = call(main_module.main, argv, capsys)
+    assert_one_error_line(code, out, err, *fragments)
+    assert os.listdir(tmp_path) == []
+
+
+def test_a_launched_process_with_a_bad_variable_exits_with_one_line(tmp_path):
+    result = run_main("--cfg", TINY_CFG, "--output", str(tmp_path), "--opts", "DATA.DATASET", "digits",
+                      env={"RANK": "abc", "WORLD_SIZE": "2"})
+    assert_user_error(result, "RANK is 'abc'")
+
+
+def test_the_reference_local_rank_flag_is_taken_and_a_negative_one_refused(monkeypatch, tmp_path, capsys):
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    args = main_module.parse_args(["--cfg", TINY_CFG, "--local_rank", "0"])
+    assert get_config(args).LOCAL_RANK == 0
+    code, out, err = call(main_module.main, ["--cfg", TINY_CFG, "--local_rank", "-1", "--output", str(tmp_path)],
+                          capsys)
+    assert_one_error_line(code, out, err, "--local_rank is -1")
