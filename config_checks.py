@@ -55,7 +55,9 @@ class Range:
     integer: bool = False
 
     def holds(self, value: Any) -> bool:
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return False
+        if isinstance(value, float) and not math.isfinite(value):
             return False
         if self.integer and not isinstance(value, int):
             return False
@@ -149,9 +151,12 @@ def validate_config(cfg: CN) -> None:
     _validate_auto_augment(cfg.AUG.AUTO_AUGMENT)
     for full_key in ("MODEL.NAME", "TAG"):  # each names one folder level of the output path
         name = value_at(cfg, full_key)
-        if name in ("", ".", "..") or "/" in name or "\\" in name:
+        if name in ("", ".", "..") or "/" in name or "\\" in name or not name.isprintable():
             raise ConfigError(f"config key {full_key} is {name!r}; it names a folder under the output root, so give "
-                              "a plain name without slashes (the output root is --output)")
+                              "a plain name without slashes or control characters (the output root is --output)")
+    if not cfg.OUTPUT.strip() or "\0" in cfg.OUTPUT:
+        raise ConfigError(f"config key OUTPUT is {cfg.OUTPUT!r}; give the folder runs are written under (--output, "
+                          "default output)")
     if cfg.AUG.CUTMIX_MINMAX is not None and cfg.AUG.CUTMIX_MINMAX[0] >= cfg.AUG.CUTMIX_MINMAX[1]:
         raise ConfigError(f"config key AUG.CUTMIX_MINMAX is {list(cfg.AUG.CUTMIX_MINMAX)}; give [min, max] with "
                           "min < max")

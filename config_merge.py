@@ -8,6 +8,7 @@ file is a `ConfigError` naming the key, its source and, where one is close, the 
 import ast
 import difflib
 import os
+import sys
 from typing import Any, Optional, Sequence
 
 import yaml
@@ -39,15 +40,19 @@ def _coerce(full_key: str, value: Any, default: Any, source: str) -> Any:
         if isinstance(default, bool) and isinstance(value, bool):
             return value
     elif isinstance(default, float) and isinstance(value, (int, float)):
-        return float(value)
+        if abs(value) <= sys.float_info.max:
+            return float(value)
+        raise ConfigError(f"config key {full_key} in {source} is {str(value)[:20]}..., beyond any float; give a finite "
+                          "number")
     elif isinstance(default, (list, tuple)) and isinstance(value, (list, tuple)):
         return type(default)(value)
     elif type(value) is type(default):
         return value
     expected = type(default).__name__
-    raise ConfigError(
-        f"config key {full_key} in {source} must be of type {expected}, got {value!r} ({type(value).__name__})"
-    )
+    quote = " (YAML reads no, yes, off and on as booleans: quote the word, as in 'no')" if isinstance(
+        default, str) and isinstance(value, bool) else ""
+    raise ConfigError(f"config key {full_key} in {source} must be of type {expected}, got {repr(value)[:60]} "
+                      f"({type(value).__name__}){quote}")
 
 
 def merge_values(cfg: CN, values: dict, source: str, prefix: str = "", root: Optional[CN] = None) -> None:
@@ -72,7 +77,7 @@ def _decode(value: Any) -> Any:
         return value
     try:
         return ast.literal_eval(value)
-    except (ValueError, SyntaxError):
+    except (ValueError, SyntaxError, RecursionError, MemoryError):  # not a literal, or nested past the parser's depth
         return value
 
 
@@ -83,6 +88,10 @@ class _StrictLoader(yaml.SafeLoader):
         seen = set()
         for key_node, _ in node.value:
             key = self.construct_object(key_node, deep=deep)
+            if not isinstance(key, str):
+                raise ConfigError(f"config file {self.name} line {key_node.start_mark.line + 1} has the key "
+                                  f"{str(key)[:40]}, not a config key name; write KEY: VALUE, with keys such as TRAIN "
+                                  "or BASE_LR")
             if key in seen:
                 raise ConfigError(f"config file {self.name} gives {key} twice (line {key_node.start_mark.line + 1}); "
                                   "keep one")

@@ -107,6 +107,11 @@ def test_base_loop_is_an_error(tmp_path):
     (["TRAIN.EPOCHS", "3", "TRAIN.WARMUP_EPOCHS", "3"], "warm-up must be shorter"),
     (["MODEL.TYPE", "resnet"], "use one of swin, swinv2, swin_mlp"),
     (["MODEL.SWIN.NUM_HEADS", "[3, 4]"], "does not divide"),
+    (["OUTPUT", "''"], "config key OUTPUT is ''"),
+    (["OUTPUT", "'out\\0put'"], "config key OUTPUT is 'out"),
+    (["TAG", "'a\\tb'"], "config key TAG is 'a"),
+    (["TRAIN.BASE_LR", str(-10 ** 400)], "TRAIN.BASE_LR in --opts is -100000"),
+    (["TRAIN.EPOCHS", str(-10 ** 400)], "TRAIN.EPOCHS is -100000"),
 ])
 def test_validation_fails_early(opts, message):
     with pytest.raises(ConfigError, match=message.replace(".", r"\.")):
