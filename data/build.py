@@ -100,6 +100,10 @@ def _check_data_path(config: CfgNode) -> str:
                         "DATA.DATASET digits)")
     if problem := kind_problem(root, "folder"):
         raise DataError(f"data path {root} {problem}; pass the folder that holds train/ and val/")
+    if not config.DATA.ZIP_MODE and not os.path.exists(os.path.join(root, "train")) and os.path.isfile(
+            os.path.join(root, "train.zip")):
+        raise DataError(f"data path {root} holds train.zip and no train/ folder: it is the reference's zip layout; "
+                        "add --zip")
     return root
 
 
@@ -149,6 +153,9 @@ def _check_classes(config: CfgNode, train: Dataset, val: Dataset) -> int:
         raise DataError(f"validation map gives {path} label {label}, but the training map has labels 0-"
                         f"{num_classes - 1}; use the training map's labels")
     wanted = config.MODEL.NUM_CLASSES
+    if wanted == 0 and not config.THROUGHPUT_MODE:
+        raise DataError(f"MODEL.NUM_CLASSES is 0, a model without a classifier, which cannot be trained or evaluated; "
+                        f"drop --num-classes (the data has {num_classes} classes)")
     if wanted not in (_DEFAULT_NUM_CLASSES, num_classes) and config.DATA.DATASET != "fake":
         raise DataError(f"MODEL.NUM_CLASSES is {wanted} but the data has {num_classes} classes; "
                         f"drop --num-classes or set it to {num_classes}")

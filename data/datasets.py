@@ -6,6 +6,7 @@ the error when an image cannot be read.
 
 import io
 import os
+import re
 import zipfile
 import zlib
 from typing import Any, Callable, Optional
@@ -58,15 +59,32 @@ def decode_image(data: bytes | str, name: str, transform: Transform = None) -> A
 
 def image_files(folder: str) -> list[str]:
     """The image files below `folder`, sorted, following links but visiting each real folder once (a link
-    that loops back would otherwise repeat the same images until the OS stops the walk)."""
-    seen, files = set(), []
-    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
-        real = os.path.realpath(dirpath)
+    that loops back would otherwise repeat the same images until the OS stops the walk).
+
+    An image name on something that is not a regular file (a FIFO, a device, a link to nothing) is a DataError:
+    reading a FIFO would hang the loader, and the others fail later, in a worker, far from the name.
+    """
+    seen, files, pending = set(), [], [folder]
+    while pending:
+        current = pending.pop()
+        real = os.path.realpath(current)
         if real in seen:
-            dirnames[:] = []
             continue
         seen.add(real)
-        files += [os.path.join(dirpath, f) for f in filenames if f.lower().endswith(IMG_EXTENSIONS)]
+        try:
+            entries = list(os.scandir(current))
+        except OSError as err:
+            raise DataError(f"folder {current} cannot be listed ({err.strerror}); make it readable or remove it"
+                            ) from None
+        for entry in entries:
+            if entry.is_dir():
+                pending.append(entry.path)
+            elif entry.name.lower().endswith(IMG_EXTENSIONS):
+                if not entry.is_file():
+                    what = "a link to nothing" if entry.is_symlink() and not os.path.exists(entry.path) else \
+                        "not a regular file (a FIFO, socket or device)"
+                    raise DataError(f"image {entry.path} is {what}; remove it or put the image file there")
+                files.append(entry.path)
     return sorted(files)
 
 
@@ -146,7 +164,7 @@ def read_map_file(path: str) -> list[tuple[str, int]]:
         if not line.strip():
             continue
         parts = line.split("\t")
-        if len(parts) != 2 or not parts[1].strip().lstrip("-").isdigit():
+        if len(parts) != 2 or not re.fullmatch(r"\s*-?[0-9]+\s*", parts[1]):
             raise DataError(f"map file {path} line {number} is not `<path>\\t<label>`: {line.strip()[:80]!r}")
         label = int(parts[1])
         if label < 0:

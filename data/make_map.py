@@ -11,11 +11,22 @@ import sys
 
 from cli import StrictParser, run_command
 from data.datasets import ImageFolderDataset
+from utils import DataError, kind_problem
 
 
 def map_lines(root: str) -> list[str]:
-    dataset = ImageFolderDataset(root)
-    return [f"{os.path.relpath(path, root)}\t{label}" for path, label in dataset.samples]
+    """One `<path>\\t<label>` line per image; a name that a line cannot hold (a tab or a line break) is a DataError,
+    as the reader would refuse the file written."""
+    if problem := kind_problem(root, "folder"):
+        raise DataError(f"folder {root} {problem}; pass an ImageFolder split, ROOT/<class>/<image>")
+    lines = []
+    for path, label in ImageFolderDataset(root).samples:
+        name = os.path.relpath(path, root)
+        if any(mark in name for mark in "\t\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"):
+            raise DataError(f"image {path} has a tab or line break in its name, which a map file line cannot hold; "
+                            "rename it")
+        lines.append(f"{name}\t{label}")
+    return lines
 
 
 def main(argv: list[str] | None = None) -> int:
