@@ -9,6 +9,7 @@ import torch
 from torch import nn
 from yacs.config import CfgNode
 
+from checkpoint_entries import check_entries, malformed_entry, model_state_from, tensor_problem
 from models.convert import (
     detect_layout,
     from_simmim,
@@ -18,7 +19,7 @@ from models.convert import (
 )
 from models.pretrained import DERIVED_BUFFERS, adapt_state_dict
 from models.simmim import SimMIM
-from utils import CheckpointError, load_checkpoint_file, model_state_from, save_checkpoint
+from utils import CheckpointError, load_checkpoint_file, save_checkpoint
 
 
 def _check_kind(model: nn.Module, state: dict, path: str) -> None:
@@ -145,6 +146,31 @@ def _optimizer_state_by_name(saved: dict, saved_names: list[str], model: nn.Modu
     return {"state": state, "param_groups": optimizer.state_dict()["param_groups"]}
 
 
+def _other_parameters(path: str, what: str) -> CheckpointError:
+    return CheckpointError(f"checkpoint {path} has optimizer state for other parameters ({what}); resume it with the "
+                           "config it was trained with, or start from its weights with --pretrained")
+
+
+def _check_moments(state: dict, params: list[nn.Parameter], model: nn.Module, path: str) -> None:
+    """Each saved moment is a finite tensor of its parameter's shape: a fused or foreach kernel given another shape
+    writes out of bounds (a crash with no message), and a non-finite one would poison every later step."""
+    names = {id(p): name for name, p in model.named_parameters()}
+    for index, values in state.items():
+        if not 0 <= index < len(params):
+            raise _other_parameters(path, f"parameter {index} of a model with {len(params)}")
+        param = params[index]
+        for key, value in values.items():
+            if value is None or (not isinstance(value, torch.Tensor) and isinstance(value, (int, float))):
+                continue
+            if problem := tensor_problem(value):
+                raise malformed_entry(path, "optimizer", f"{key} of {names[id(param)]} is {problem}")
+            if value.dim() > 0 and value.shape != param.shape:
+                raise _other_parameters(path, f"{key} of {names[id(param)]} is {tuple(value.shape)}, the parameter "
+                                              f"{tuple(param.shape)}")
+            if value.is_floating_point() and not torch.isfinite(value).all():
+                raise malformed_entry(path, "optimizer", f"{key} of {names[id(param)]} holds non-finite values")
+
+
 def restore_optimizer(optimizer: torch.optim.Optimizer, payload: dict, model: nn.Module, path: str) -> None:
     """Load the optimizer's per-parameter state (moments, momentum, step) and keep this run's hyperparameters.
 
@@ -156,13 +182,12 @@ def restore_optimizer(optimizer: torch.optim.Optimizer, payload: dict, model: nn
     saved = payload["optimizer"]
     if "optimizer_param_names" in payload:
         saved = _optimizer_state_by_name(saved, payload["optimizer_param_names"], model, optimizer)
+    _check_moments(saved["state"], [p for group in optimizer.param_groups for p in group["params"]], model, path)
     current_groups = [{k: v for k, v in group.items() if k != "params"} for group in optimizer.param_groups]
     try:
         optimizer.load_state_dict(saved)
     except (ValueError, KeyError, IndexError) as err:
-        raise CheckpointError(f"checkpoint {path} has optimizer state for other parameters ({err}); resume it "
-                              "with the config it was trained with, or start from its weights with --pretrained"
-                              ) from None
+        raise _other_parameters(path, str(err)) from None
     for group, settings in zip(optimizer.param_groups, current_groups):
         group.update(settings)
 
@@ -191,37 +216,29 @@ class ResumePoint:
 
 
 def read_resume_point(path: str, payload: dict) -> ResumePoint:
-    """The progress entries of a checkpoint; a reference checkpoint continues after its epoch. An entry of the
-    wrong type or shape is one CheckpointError naming the checkpoint."""
-    try:
-        epoch, batches = payload["resume_at"] if "resume_at" in payload else (int(payload.get("epoch", -1)) + 1, 0)
-        rng = payload.get("rng", [])
-        config_text = payload.get("config", "")
-        return ResumePoint(path=path, epoch=int(epoch), batches=int(batches),
-                           max_accuracy=float(payload.get("max_accuracy", 0.0)),
-                           totals=dict(payload.get("epoch_totals", {})),
-                           history=list(payload.get("metrics_history", [])),
-                           rng=_rng_states(rng),
-                           world_size=int(payload.get("world_size", 0)),
-                           config_text=config_text if isinstance(config_text, str) else "",
-                           run_index=int(payload.get("run_index", 0)))
-    except (TypeError, ValueError) as err:
-        raise malformed_progress(path, str(err)) from None
+    """The progress entries of a checkpoint (checked by check_entries); a reference checkpoint continues after its
+    epoch."""
+    epoch, batches = payload["resume_at"] if "resume_at" in payload else (int(payload.get("epoch", -1)) + 1, 0)
+    config_text = payload.get("config", "")
+    return ResumePoint(path=path, epoch=int(epoch), batches=int(batches),
+                       max_accuracy=float(payload.get("max_accuracy", 0.0)),
+                       totals={k: _plain(v) for k, v in payload.get("epoch_totals", {}).items()},
+                       history=[{k: _plain(v) for k, v in record.items()} for record in payload.get("metrics_history",
+                                                                                                      [])],
+                       rng=_rng_states(payload.get("rng", [])),
+                       world_size=int(payload.get("world_size", 0)),
+                       config_text=config_text if isinstance(config_text, str) else "",
+                       run_index=int(payload.get("run_index", 0)))
+
+
+def _plain(value: object) -> object:
+    """A number saved as a one-element tensor, as a Python number."""
+    return value.item() if isinstance(value, torch.Tensor) else value
 
 
 def _rng_states(rng: object) -> list:
     """Each rank's generator states from a checkpoint's `rng` entry (one dict, or a list of them)."""
-    states = [rng] if isinstance(rng, dict) else rng
-    if not isinstance(states, list) or not all(isinstance(s, dict) and {"python", "numpy", "torch"} <= s.keys()
-                                               for s in states):
-        raise TypeError("rng holds no generator states")
-    return states
-
-
-def malformed_progress(path: str, what: str) -> CheckpointError:
-    """The one error for a progress entry (epoch, totals, history, random states) that cannot be used."""
-    return CheckpointError(f"checkpoint {path} has a malformed progress entry ({what[:80]}); resume from another "
-                           "checkpoint, or pass this one as --pretrained for its weights alone")
+    return [rng] if isinstance(rng, dict) else list(rng)
 
 
 def load_model_weights(path: str, model: nn.Module, logger: Optional[logging.Logger] = None) -> dict:
@@ -232,6 +249,7 @@ def load_model_weights(path: str, model: nn.Module, logger: Optional[logging.Log
     """
     payload = load_checkpoint_file(path)
     state, layout = reference_state(payload, path, logger)
+    check_entries(payload, path)
     load_weights(model, state, path, "to start from other weights use --pretrained, which adapts them")
     if layout in _FROM_LAYOUT and "optimizer" in payload:
         payload = {k: v for k, v in payload.items() if k not in ("optimizer", "scaler")}

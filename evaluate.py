@@ -9,8 +9,10 @@ from yacs.config import CfgNode
 
 import engine
 from checkpoint import load_pretrained, load_weights, reference_state
+from checkpoint_entries import check_entries
 from data import build_eval_loader, build_loader
 from evaluation import ClassTally
+from run_folder import RunLock
 from runtime import Runtime, prepare_for_inference
 from trainer import new_model, with_num_classes
 from utils import DataError, UserError, load_checkpoint_file
@@ -54,6 +56,7 @@ def _eval_setup(config: CfgNode, rt: Runtime, logger: logging.Logger
         return bare, loader, names, classes
     payload = load_checkpoint_file(path)
     state, _ = reference_state(payload, path, logger)
+    check_entries(payload, path)
     loader, data_classes, names = build_eval_loader(config, rt, payload.get("class_names"), logger)
     classes = state["head.weight"].shape[0] if "head.weight" in state else data_classes
     if data_classes > classes:
@@ -65,6 +68,17 @@ def _eval_setup(config: CfgNode, rt: Runtime, logger: logging.Logger
 
 
 def run_eval(config: CfgNode, rt: Runtime, logger: logging.Logger) -> dict:
+    """Evaluate with the output folder locked, as training locks it: its eval_* files never land in a folder a
+    running training (or another evaluation) is writing."""
+    lock = RunLock(config.OUTPUT)
+    rt.agreed(lambda: lock.acquire() if rt.is_main else None)
+    try:
+        return _evaluate(config, rt, logger)
+    finally:
+        lock.release()
+
+
+def _evaluate(config: CfgNode, rt: Runtime, logger: logging.Logger) -> dict:
     bare, loader, names, classes = rt.agreed(lambda: _eval_setup(config, rt, logger))
     tally = ClassTally(classes, rt.device)
     size = config.DATA.IMG_SIZE

@@ -7,6 +7,7 @@ settings stored in the checkpoint with its own before anything in the folder cha
 
 import fcntl
 import glob
+import logging
 import os
 import uuid
 from typing import Any, Optional
@@ -14,7 +15,7 @@ from typing import Any, Optional
 import yaml
 from yacs.config import CfgNode
 
-from utils import ConfigError, save_text
+from utils import ConfigError, UserError, save_text, training_checkpoints, training_position
 
 # Keys that change how a run is executed or recorded, not what it trains; a rerun may change them freely.
 _FREE_KEYS = {
@@ -92,8 +93,8 @@ class RunLock:
             os.close(fd)
             pid = _holder_pid(self.folder)
             holder = f"process {pid}" if pid else "another process"
-            raise ConfigError(f"output folder {self.folder} is in use by a running training run ({holder}); wait "
-                              "for it to end, or pass another --tag or --output") from None
+            raise ConfigError(f"output folder {self.folder} is in use by a running training or evaluation "
+                              f"({holder}); wait for it to end, or pass another --tag or --output") from None
         except OSError:
             pass  # a file system without flock on folders: concurrent runs go undetected, as in the reference code
         self._fd = fd
@@ -140,3 +141,42 @@ def write_config(folder: str, config: CfgNode, resumed_epoch: int, differences: 
     if differences and os.path.exists(path):
         os.replace(path, os.path.join(folder, f"config_until_epoch_{resumed_epoch}.yaml"))
     save_text(config.dump(), path)
+
+
+def check_nothing_overwritten(config: CfgNode, start_path: str, position: tuple[int, int]) -> None:
+    """Refuse to train from `position` behind a checkpoint the output folder holds: training would overwrite it (and
+    prune its own new ones first). Auto-resume starts at the newest readable one; what it passed by was unreadable."""
+    if not config.MODEL.RESUME and config.TRAIN.AUTO_RESUME:
+        return
+    start = os.path.realpath(start_path) if start_path else ""
+    ahead = [p for p in training_checkpoints(config.OUTPUT) if os.path.realpath(p) != start
+             and (not start or training_position(p) > position)]
+    if not ahead:
+        return
+    shown = ", ".join(os.path.basename(p) for p in ahead[:3]) + (" ..." if len(ahead) > 3 else "")
+    if not start:
+        raise UserError(f"output folder {config.OUTPUT} holds checkpoints of a run ({shown}) and TRAIN.AUTO_RESUME is "
+                        f"off, so a new run would overwrite them; continue it with --resume {ahead[0]}, or start the "
+                        "new run under another --tag")
+    raise UserError(f"output folder {config.OUTPUT} holds checkpoints from later in training than {start_path} "
+                    f"({shown}), which continuing from it would overwrite; resume from {ahead[0]}, or continue this "
+                    "checkpoint in a new folder with another --tag")
+
+
+def check_resumable(config: CfgNode, changed: dict, point: Any, logger: logging.Logger) -> None:
+    """Refuse a silent change of settings (`changed`, from settings_differences); continue an explicit --resume of
+    `point` (a checkpoint.ResumePoint) under the new ones."""
+    if not changed:
+        return
+    listed = describe_differences(changed)
+    if not config.MODEL.RESUME:
+        raise UserError(f"output folder {config.OUTPUT} holds a run trained with other settings ({listed}); to "
+                        f"continue it under the new settings pass --resume {point.path}, or start a new run with "
+                        "another --tag")
+    moved = {k: v for k, v in changed.items() if k in ARRANGEMENT_KEYS or k == "processes"}
+    if point.batches and moved:
+        raise UserError(f"checkpoint {point.path} was written inside epoch {point.epoch}, and "
+                        f"{describe_differences(moved)} change which images its remaining steps hold; resume from "
+                        f"ckpt_epoch_{point.epoch - 1}.pth, the end of the previous epoch, or keep those settings")
+    logger.warning(f"continuing {point.path} under changed settings ({describe_differences(changed, 99)}); the "
+                   f"schedule is rebuilt for them from epoch {point.epoch}, step {point.batches}")

@@ -20,13 +20,13 @@ from checkpoint import (
     load_model_weights,
     load_pretrained,
     load_weights,
-    malformed_progress,
     read_resume_point,
     restore_optimizer,
     restore_scaler,
     save_training_state,
     training_state,
 )
+from checkpoint_entries import malformed_entry
 from data import LoaderBundle, build_loader
 from evaluation import ClassTally
 from logger import MetricsWriter
@@ -36,10 +36,10 @@ from models.freeze import freeze
 from models.summary import summarize
 from optimizer import build_optimizer
 from run_folder import (
-    ARRANGEMENT_KEYS,
     RunLock,
     check_folder_token,
-    describe_differences,
+    check_nothing_overwritten,
+    check_resumable,
     new_folder_token,
     remove_folder_token,
     remove_stale_temporaries,
@@ -210,15 +210,17 @@ class Training:
         """Weights, optimizer, scaler, EMA and RNG from `path`, or pretrained weights for a new run."""
         config, ctx = self.config, self.ctx
         if not path:
+            check_nothing_overwritten(config, "", (config.TRAIN.START_EPOCH, 0))
             if config.MODEL.PRETRAINED:
                 load_pretrained(self.bare, config.MODEL.PRETRAINED, self.logger)
             self._start_ema(None)
             return ResumePoint("", config.TRAIN.START_EPOCH, 0)
         payload = load_model_weights(path, self.bare, self.logger)
         point = read_resume_point(path, payload)
+        check_nothing_overwritten(config, path, (point.epoch, point.batches))
         self.differences = (settings_differences(point.config_text, self.config, point.world_size,
                                                  self.rt.world_size) if point.config_text else {})
-        self._check_resumable(point)
+        check_resumable(config, self.differences, point, self.logger)
         if isinstance(payload.get("optimizer"), dict) and "state" in payload["optimizer"]:
             restore_optimizer(ctx.optimizer, payload, self.bare, path)
             restore_scaler(ctx.scaler, payload)
@@ -230,35 +232,21 @@ class Training:
             try:
                 self.rt.set_rng_state(point.rng[self.rt.rank])
             except (TypeError, ValueError, KeyError, IndexError, RuntimeError) as err:
-                raise malformed_progress(path, f"rng: {err}") from None
+                raise malformed_entry(path, "rng", str(err)) from None
         elif point.rng:
             self.logger.warning(f"{path} holds the random states of {len(point.rng)} processes, not "
                                 f"{self.rt.world_size}: this run draws from SEED + rank instead")
         self.history, self.max_accuracy, self.resumed_from = point.history, point.max_accuracy, path
         self.run_index = point.run_index + 1
         total = len(self.data.loader_train)
+        if point.batches > total:
+            raise UserError(f"checkpoint {path} was written after {point.batches} batches of epoch {point.epoch}, and "
+                            f"an epoch of this data now has {total}; resume with the data and batch size it was "
+                            "trained with, or from the end of an epoch")
         done = point.epoch * total + point.batches
         ctx.scheduler.step_update(done // config.TRAIN.ACCUMULATION_STEPS)
         self.logger.info(f"resumed from {path}: epoch {point.epoch}, {point.batches} batches done")
         return point
-
-    def _check_resumable(self, point: ResumePoint) -> None:
-        """Refuse a silent change of settings; continue an explicit --resume under the new ones."""
-        changed, config = self.differences, self.config
-        if not changed:
-            return
-        listed = describe_differences(changed)
-        if not config.MODEL.RESUME:
-            raise UserError(f"output folder {config.OUTPUT} holds a run trained with other settings ({listed}); "
-                            f"to continue it under the new settings pass --resume {point.path}, or start a new run "
-                            "with another --tag")
-        moved = {k: v for k, v in changed.items() if k in ARRANGEMENT_KEYS or k == "processes"}
-        if point.batches and moved:
-            raise UserError(f"checkpoint {point.path} was written inside epoch {point.epoch}, and "
-                            f"{describe_differences(moved)} change which images its remaining steps hold; resume from "
-                            f"ckpt_epoch_{point.epoch - 1}.pth, the end of the previous epoch, or keep those settings")
-        self.logger.warning(f"continuing {point.path} under changed settings ({describe_differences(changed, 99)}); "
-                            f"the schedule is rebuilt for them from epoch {point.epoch}, step {point.batches}")
 
     def _start_ema(self, state: Optional[dict], path: str = "") -> None:
         """The EMA starts from the weights training starts from (pretrained or resumed), or from its saved state."""

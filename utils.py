@@ -15,6 +15,7 @@ import re
 import shutil
 import signal
 import sys
+import warnings
 import zipfile
 from typing import Callable, Iterable, Iterator, Optional
 
@@ -121,21 +122,48 @@ def kind_problem(path: str, kind: str) -> Optional[str]:
     return "does not exist"
 
 
-def require_folder_of(path: str, keep: Iterable[Optional[str]] = ()) -> None:
-    """A one-line UserError, before any work is done, when a file cannot be written at `path`: it is a folder, its
-    folder is missing or not writable (read-only, no permission), or it is one of `keep`, the command's inputs."""
+def require_folder_of(path: str) -> None:
+    """A one-line UserError, before any work is done, when a file cannot be written at `path`: it is a folder, or its
+    folder is missing or not writable (read-only, no permission)."""
     if os.path.isdir(path):
         raise UserError(f"cannot write {path}: it is a folder; give a file name inside it")
-    if os.path.exists(path):
-        for given in keep:
-            if given and os.path.exists(given) and os.path.samefile(path, given):
-                raise UserError(f"cannot write {path}: it is an input of this command ({given}); write the result "
-                                "under another name")
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder):
         raise UserError(f"cannot write {path}: folder {folder} does not exist; create it or pick another path")
     if not os.access(folder, os.W_OK):
         raise UserError(f"cannot write {path}: folder {folder} is read-only or not yours to write; pick another path")
+
+
+def require_output(path: str, inputs: Iterable[Optional[str]] = ()) -> None:
+    """A tool's output check: `path` can be written (require_folder_of), and is neither one of the command's
+    `inputs` nor a training checkpoint, which a tool's result must never replace."""
+    require_folder_of(path)
+    if not os.path.exists(path):
+        return
+    for given in inputs:
+        if given and os.path.exists(given) and os.path.samefile(path, given):
+            raise UserError(f"cannot write {path}: it is an input of this command ({given}); write the result "
+                            "under another name")
+    if _is_training_checkpoint(path):
+        raise UserError(f"cannot write {path}: it is a training checkpoint (it holds optimizer state), which this "
+                        "would replace; write the result under another name")
+
+
+def _is_training_checkpoint(path: str) -> bool:
+    """A torch.save archive with optimizer state; one that pickles more than weights (a reference run's config)
+    counts as one too."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            if not any(name.endswith("/data.pkl") for name in archive.namelist()) or _export_kind(path):
+                return False
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            payload = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except (zipfile.BadZipFile, OSError, ValueError):
+        return False
+    except (pickle.UnpicklingError, RuntimeError, EOFError, AttributeError, ImportError, TypeError, KeyError):
+        return True
+    return isinstance(payload, dict) and "optimizer" in payload
 
 
 def write_atomically(path: str, write: Callable[[str], None]) -> None:
@@ -198,6 +226,39 @@ _REFERENCE_GLOBALS = {"yacs.config.CfgNode", "argparse.Namespace", "numpy.dtype"
                         for name in ("_reconstruct", "scalar"))}
 
 
+def _export_kind(path: str) -> str:
+    """What deployment format `path` holds ('' for none): ONNX by its name, TorchScript and torch.export programs
+    by the members of their zip archives."""
+    if path.lower().endswith(".onnx"):
+        return "an ONNX model"
+    try:
+        with zipfile.ZipFile(path) as archive:
+            members = archive.namelist()
+    except (zipfile.BadZipFile, OSError, ValueError):
+        return ""
+    if any(name.endswith("/constants.pkl") for name in members):
+        return "a TorchScript program"
+    if any(name.endswith("/models/model.json") for name in members):
+        return "a torch.export program"
+    return ""
+
+
+def _load_pickled(path: str) -> object:
+    """torch.load with the weights-only unpickler, or the full one where the pickle names nothing but what the
+    reference's checkpoints pickle."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        if "weights_only" not in str(err):
+            raise
+    foreign = sorted(set(torch.serialization.get_unsafe_globals_in_checkpoint(path)) - _REFERENCE_GLOBALS)
+    if foreign:
+        raise CheckpointError(f"checkpoint {path} cannot be read: it pickles code from elsewhere "
+                              f"({', '.join(foreign)[:120]}), which is never run here; save its weights as "
+                              "{'model': state_dict} where that code lives")
+    return torch.load(path, map_location="cpu", weights_only=False)
+
+
 def load_checkpoint_file(path: str) -> dict:
     """Read a checkpoint as a dict of tensors and plain values, without running pickled code.
 
@@ -207,19 +268,13 @@ def load_checkpoint_file(path: str) -> dict:
     """
     if problem := kind_problem(path, "file"):
         raise CheckpointError(f"checkpoint {path} {problem}; pass the path of a checkpoint file (.pth)")
+    if exported := _export_kind(path):
+        raise CheckpointError(f"checkpoint {path} is {exported} (tools.export writes these for deployment), a "
+                              "compiled model, not a checkpoint; pass the checkpoint it was exported from")
     try:
-        try:
-            payload = torch.load(path, map_location="cpu", weights_only=True)
-        except pickle.UnpicklingError as err:
-            if "weights_only" not in str(err):
-                raise
-            foreign = sorted(set(torch.serialization.get_unsafe_globals_in_checkpoint(path)) - _REFERENCE_GLOBALS)
-            if foreign:
-                raise CheckpointError(
-                    f"checkpoint {path} cannot be read: it pickles code from elsewhere ({', '.join(foreign)[:120]}), "
-                    "which is never run here; save its weights as {'model': state_dict} where that code lives"
-                ) from None
-            payload = torch.load(path, map_location="cpu", weights_only=False)
+        with warnings.catch_warnings():  # torch's notes on what it checks while loading; our errors say what matters
+            warnings.simplefilter("ignore", UserWarning)
+            payload = _load_pickled(path)
     except (RuntimeError, pickle.UnpicklingError, EOFError, zipfile.BadZipFile, ValueError, OSError, AttributeError,
             ImportError, TypeError, IndexError, KeyError) as err:  # a damaged file, or one pickling foreign code
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
@@ -229,26 +284,6 @@ def load_checkpoint_file(path: str) -> dict:
     if not isinstance(payload, dict):
         raise CheckpointError(f"checkpoint {path} holds a {type(payload).__name__}, not a dict of weights")
     return payload
-
-
-_WRAPPER_PREFIXES = ("module.", "_orig_mod.")
-
-
-def model_state_from(payload: dict, path: str) -> dict:
-    """The model weights of a checkpoint: its 'model' (reference) or 'state_dict' (timm, Lightning) entry, or the
-    dict itself when it is a bare state dict; the prefixes of wrappers that saved themselves (`module.` of DDP,
-    `_orig_mod.` of torch.compile, in either order) are dropped."""
-    wrapped = [payload[key] for key in ("model", "state_dict") if isinstance(payload.get(key), dict)]
-    state = wrapped[0] if wrapped else payload
-    if not any(isinstance(v, torch.Tensor) for v in state.values()):
-        raise CheckpointError(f"checkpoint {path} holds no model weights (no 'model' state dict)")
-    odd_key = next((key for key in state if not isinstance(key, str)), None)
-    if odd_key is not None:
-        raise CheckpointError(f"checkpoint {path} has a weight named {odd_key!r}, not a parameter name; it is not a "
-                              "model's state dict")
-    while prefix := next((p for p in _WRAPPER_PREFIXES if all(key.startswith(p) for key in state)), None):
-        state = {key[len(prefix):]: value for key, value in state.items()}
-    return state
 
 
 def training_position(path: str) -> tuple[int, int]:

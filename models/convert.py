@@ -31,7 +31,8 @@ def _move_mergings_and_head(state: StateDict, stage_offset: int, head_from: str,
 
 
 def detect_layout(state: StateDict) -> str:
-    """`reference`, `timm`, `torchvision` or `simmim` from a Swin state dict's names; `unknown` when they do not tell.
+    """`reference`, `timm`, `torchvision` or `simmim` from a Swin state dict's names; `unknown` when they do not tell
+    or name no Swin stages.
 
     The reference merges at the end of a stage (there is a `layers.0.downsample`), timm at the start
     of the next (there is none), and only timm names its classifier `head.fc`. SimMIM pre-training
@@ -41,6 +42,8 @@ def detect_layout(state: StateDict) -> str:
         return "simmim"
     if any(k.startswith("features.") for k in state):
         return "torchvision"
+    if not any(re.match(r"layers\.\d+\.blocks\.\d+\.", k) for k in state):
+        return "unknown"  # no Swin stages: another architecture (a ViT has blocks.N and head too)
     merges = {int(m.group(1)) for k in state if (m := re.match(r"layers\.(\d+)\.downsample\.", k))}
     if "head.fc.weight" in state or (merges and 0 not in merges):
         return "timm"

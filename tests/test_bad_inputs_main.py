@@ -10,6 +10,7 @@ import shutil
 import subprocess
 import sys
 import types
+import warnings
 import zipfile
 
 import pytest
@@ -75,6 +76,13 @@ def files(tmp_path_factory, finished):
     write("nan_lr.yaml", f"BASE: ['{TINY_CFG}']\nTRAIN:\n  BASE_LR: .nan\n")
     write("inf_lr.yaml", f"BASE: ['{TINY_CFG}']\nTRAIN:\n  MIN_LR: .inf\n")
     write("bad_syntax.yaml", "DATA: [1, 2\n")
+    write("unquoted_no.yaml", f"BASE: ['{TINY_CFG}']\nDATA:\n  CACHE_MODE: no\n")
+    write("list_key.yaml", "TRAIN:\n  [1, 2]: 3\n")
+    write("dict_key.yaml", "? {a: 1}\n: 3\n")
+    write("number_key.yaml", "TRAIN:\n  3: 4\n")
+    write("huge_int.yaml", f"BASE: ['{TINY_CFG}']\nTRAIN:\n  MIN_LR: {10 ** 400}\n")
+    write("nul_tag.yaml", f"BASE: ['{TINY_CFG}']\nTAG: \"a\\0b\"\n")
+
     write("notes.txt", "not a checkpoint\n")
     with open(checkpoint, "rb") as f:
         whole = f.read()
@@ -117,9 +125,61 @@ def files(tmp_path_factory, finished):
                                                                                     "torch": 3}])):
         paths[name] = str(root / f"{name}.pth")
         torch.save({**state, "rng": rng}, paths[name])
+    for name, (_, value, _) in MALFORMED_ENTRIES.items():
+        paths[name] = str(root / f"{name}.pth")
+        entry = MALFORMED_ENTRIES[name][0]
+        torch.save({**state, entry: value}, paths[name])
+    for name, (_, value) in ODD_WEIGHTS.items():
+        paths[name] = str(root / f"{name}.pth")
+        torch.save({**state, "model": {**state["model"], "head.bias": value}}, paths[name])
+    moments = state["optimizer"]["state"]
+    shifted = {k: moments[(k + 1) % len(moments)] for k in moments}  # every moment moved to its neighbour
+    paths["shifted_moments"] = str(root / "shifted_moments.pth")
+    torch.save({**state, "optimizer": {**state["optimizer"], "state": shifted}}, paths["shifted_moments"])
+    nan_moments = {k: {**v, "exp_avg": torch.full_like(v["exp_avg"], float("nan"))} for k, v in moments.items()}
+    paths["nan_moments"] = str(root / "nan_moments.pth")
+    torch.save({**state, "optimizer": {**state["optimizer"], "state": nan_moments}}, paths["nan_moments"])
+    paths["past_epoch"] = str(root / "past_epoch.pth")
+    torch.save({**state, "resume_at": [2, 999]}, paths["past_epoch"])
+    paths["scripted"] = str(root / "scripted.pt")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # TorchScript's deprecation notes
+        torch.jit.save(torch.jit.trace(torch.nn.Linear(2, 2), torch.zeros(1, 2)), paths["scripted"])
+    paths["epoch_0"] = os.path.join(run_dir(finished), "ckpt_epoch_0.pth")
     paths["folder"] = str(root)
     paths["long"] = str(root / ("x" * 300))
     return paths
+
+
+# Checkpoint entries of the wrong kind: name -> (entry, value, flags before the path).
+MALFORMED_ENTRIES = {
+    "names_number": ("class_names", 5, ("--resume",)),
+    "names_numbers": ("class_names", [1, 2], ("--eval", "--resume")),
+    "history_dict": ("metrics_history", {"epoch": 0}, ("--resume",)),
+    "history_numbers": ("metrics_history", [1, 2], ("--resume",)),
+    "history_text": ("metrics_history", [{"epoch": 0, "train_loss": "low"}], ("--resume",)),
+    "param_names_number": ("optimizer_param_names", 5, ("--resume",)),
+    "optimizer_list": ("optimizer", [1, 2], ("--resume",)),
+    "moments_by_name": ("optimizer", {"state": {"head.bias": {}}, "param_groups": []}, ("--resume",)),
+    "negative_epoch": ("resume_at", [-3, 0], ("--resume",)),
+    "position_of_three": ("resume_at", [1, 2, 3], ("--resume",)),
+    "accuracy_text": ("max_accuracy", "high", ("--resume",)),
+    "accuracy_nan": ("max_accuracy", float("nan"), ("--resume",)),
+    "totals_list": ("epoch_totals", [1.0], ("--resume",)),
+    "scaler_text_scale": ("scaler", {"scale": "big"}, ("--resume",)),
+    "scaler_zero_scale": ("scaler", {"scale": 0.0, "growth_factor": 2.0, "backoff_factor": 0.5,
+                                     "growth_interval": 2000, "_growth_tracker": 0}, ("--resume",)),
+    "world_size_text": ("world_size", "two", ("--resume",)),
+    "config_number": ("config", 7, ("--resume",)),
+    "ema_list": ("model_ema", [1], ("--resume",)),
+}
+# Weights that are not dense real tensors: name -> (what the error calls it, the value put in head.bias).
+ODD_WEIGHTS = {
+    "weight_list": ("list, not a tensor", [0.0, 0.0]),
+    "weight_sparse": ("sparse_coo tensor", torch.zeros(2).to_sparse()),
+    "weight_meta": ("tensor without data", torch.empty(2, device="meta")),
+    "weight_complex": ("complex64 tensor", torch.zeros(2, dtype=torch.complex64)),
+}
 
 
 class _WritesAFile:
@@ -154,6 +214,14 @@ CONFIG_FILE_CASES = {
     "YAML syntax": ((("--cfg", "{bad_syntax}"), ()), ("bad_syntax.yaml", "line")),
     "config is a folder": ((("--cfg", "{folder}"), ()), ("is a folder",)),
     "missing config": ((("--cfg", "/no/such.yaml"), ()), ("/no/such.yaml", "does not exist")),
+    "a word YAML reads as a boolean": ((("--cfg", "{unquoted_no}"), ()), ("DATA.CACHE_MODE", "quote the word")),
+    "a list as a key": ((("--cfg", "{list_key}"), ()), ("list_key.yaml line 2", "not a config key name")),
+    "a mapping as a key": ((("--cfg", "{dict_key}"), ()), ("dict_key.yaml line 1", "not a config key name")),
+    "a number as a key": ((("--cfg", "{number_key}"), ()), ("number_key.yaml line 2", "has the key 3")),
+    "an integer past any float": ((("--cfg", "{huge_int}"), ()), ("TRAIN.MIN_LR", "beyond any float")),
+    "a NUL in the tag": ((("--cfg", "{nul_tag}"), ()), ("config key TAG", "control characters")),
+    "a value nested past the parser": (t(opts=("MODEL.SWIN.DEPTHS", "[" * 5000 + "]" * 5000)),
+                                       ("MODEL.SWIN.DEPTHS",)),
 }
 
 
@@ -197,6 +265,9 @@ VALUE_CASES.update({
     "accumulation longer than an epoch": (t(opts=("TRAIN.ACCUMULATION_STEPS", "500")),
                                           ("TRAIN.ACCUMULATION_STEPS 500", "batches")),
     "more classes than the data": (t(opts=("MODEL.NUM_CLASSES", "7")), ("MODEL.NUM_CLASSES is 7",)),
+    "no classes": (t("--num-classes", "0"), ("MODEL.NUM_CLASSES is 0", "without a classifier")),
+    "no classes of synthetic images": (t("--num-classes", "0", opts=("DATA.DATASET", "fake")),
+                                       ("MODEL.NUM_CLASSES is 0",)),
     "SimMIM mask patches that do not tile": (t(opts=(*PRETRAIN, "DATA.MASK_PATCH_SIZE", "12")),
                                              ("DATA.MASK_PATCH_SIZE 12 does not tile DATA.IMG_SIZE 32",)),
     "SimMIM mask patch of part of a model patch": (t(opts=(*PRETRAIN, "DATA.MASK_PATCH_SIZE", "2")),
@@ -277,11 +348,27 @@ CHECKPOINT_CASES = {
                                                         ("foreign.pth cannot be read",)),
     "weights under a number": (t("--resume", "{int_key}"), ("int_key.pth has a weight named 3",)),
     "pretrained weights under a number": (t("--tag", "fresh", "--pretrained", "{int_key}"), ("weight named 3",)),
-    **{f"random states {kind}": (t("--resume", f"{{{name}}}"), (f"{name}.pth has a malformed progress entry",))
+    **{f"random states {kind}": (t("--resume", f"{{{name}}}"), (f"{name}.pth has a malformed rng entry",))
        for kind, name in (("as text", "rng_text"), ("as numbers", "rng_numbers"),
                           ("of the wrong types", "rng_values"))},
     "progress entry of the wrong type": (t("--resume", "{bad_progress}"),
-                                         ("bad_progress.pth has a malformed progress entry",)),
+                                         ("bad_progress.pth has a malformed resume_at entry",)),
+    **{f"entry of the wrong kind: {name}": (t(*flags, f"{{{name}}}"), (f"{name}.pth has a malformed {entry} entry",))
+       for name, (entry, _, flags) in MALFORMED_ENTRIES.items()},
+    **{f"weights that are not dense real tensors: {name}": (t("--resume", f"{{{name}}}"), (f"{name}.pth has a {kind}",
+                                                                                         "model entry"))
+       for name, (kind, _) in ODD_WEIGHTS.items()},
+    "optimizer moments of other shapes": (t("--resume", "{shifted_moments}"),
+                                          ("shifted_moments.pth has optimizer state for other", "exp_avg of")),
+    "optimizer moments that are not finite": (t("--resume", "{nan_moments}"), ("non-finite values",)),
+    "a mid-epoch position past the epoch's batches": (t("--resume", "{past_epoch}"),
+                                                      ("after 999 batches of epoch 2", "now has")),
+    "a TorchScript program": (t("--resume", "{scripted}"), ("scripted.pt is a TorchScript program",)),
+    "a TorchScript program to evaluate": (t("--eval", "--resume", "{scripted}"), ("is a TorchScript program",)),
+    "an early checkpoint of the run in its folder": (t("--resume", "{epoch_0}"), ("from later in training",
+                                                                                 "ckpt_epoch_1.pth")),
+    "a new run over a run's checkpoints without auto-resume": (t(opts=("TRAIN.AUTO_RESUME", "False")),
+                                                               ("TRAIN.AUTO_RESUME is off", "--tag")),
     "SimMIM pre-training resumed as a classifier": (t("--resume", "{simmim}"),
                                                     ("simmim.pth is SimMIM pre-training", "--pretrained")),
     "SimMIM pre-training evaluated as a classifier": (t("--eval", "--resume", "{simmim}"),
@@ -331,6 +418,13 @@ def _data_files(root) -> dict:
     (root / "map_is_folder" / "train_map.txt").mkdir()
     os.remove(root / "zip_is_folder" / "val.zip")
     (root / "zip_is_folder" / "val.zip").mkdir()
+    sets["fifo"] = image_tree(str(root / "fifo"))
+    os.mkfifo(os.path.join(sets["fifo"], "train", "a", "waits.png"))  # opening it would block the loader forever
+    sets["dangling"] = image_tree(str(root / "dangling"))
+    os.symlink("/no/such/image.png", os.path.join(sets["dangling"], "train", "b", "gone.png"))
+    for name, label in (("double_dash", "--0"), ("superscript", "\u00b2")):
+        sets[name] = zip_tree(str(root / name))
+        (root / name / "train_map.txt").write_text(f"a/0.png\t{label}\n")
     sets["train_is_file"] = image_tree(str(root / "train_is_file"))
     shutil.rmtree(root / "train_is_file" / "train")
     (root / "train_is_file" / "train").write_text("x")
@@ -366,6 +460,11 @@ DATA_CASES = {
        for mode in ("no", "part")},
     "member of an unknown compression": (("{unknown_method}", ("DATA.ZIP_MODE", "True", "DATA.CACHE_MODE", "'full'")),
                                          ("train.zip:a/3.png cannot be read",)),
+    "the zip layout without --zip": (("{negative}", ()), ("holds train.zip and no train/ folder", "--zip")),
+    "a FIFO named as an image": (("{fifo}", ()), ("waits.png is not a regular file",)),
+    "a link to nothing named as an image": (("{dangling}", ()), ("gone.png is a link to nothing",)),
+    "a label of two minus signs": (("{double_dash}", ("DATA.ZIP_MODE", "True")), ("train_map.txt line 1",)),
+    "a label in superscript digits": (("{superscript}", ("DATA.ZIP_MODE", "True")), ("train_map.txt line 1",)),
     "pre-training on a folder without images": (("{no_images}", PRETRAIN), ("no_images holds no images",)),
     "pre-training on a broken zip": (("{cut_zip}", (*PRETRAIN, "DATA.ZIP_MODE", "True")),
                                      ("train.zip cannot be opened",)),
@@ -548,7 +647,8 @@ def test_a_symlink_loop_in_a_class_folder_is_walked_once(tmp_path):
 
 def test_a_real_process_prints_one_line_without_traceback(finished, files):
     before = digest(run_dir(finished))
-    for argv in (("--cfg", files["utf16"]), ("--cfg", TINY_CFG, "--resume", files["nan_ckpt"])):
+    for argv in (("--cfg", files["utf16"]), ("--cfg", TINY_CFG, "--resume", files["nan_ckpt"]),
+                 ("--cfg", TINY_CFG, "--resume", files["weight_sparse"])):  # torch warns while loading sparse ones
         assert_user_error(run_main(*argv, "--output", str(finished), "--opts", *DIGITS))
     assert digest(run_dir(finished)) == before
 
@@ -567,6 +667,8 @@ TORCHRUN_CASES = {
     "evaluation of a truncated checkpoint": (("--eval", "--resume", "{cut}", "--opts", *DIGITS), ("cut.pth",)),
     "opts as KEY=VALUE": (("--opts", *DIGITS, "TRAIN.EPOCHS=1"), ("not TRAIN.EPOCHS=1",)),
     "a checkpoint that would run code": (("--resume", "{runs_code}", "--opts", *DIGITS), ("pickles code",)),
+    "optimizer moments of other shapes": (("--resume", "{shifted_moments}", "--opts", *DIGITS),
+                                          ("optimizer state for other parameters",)),
 }
 
 

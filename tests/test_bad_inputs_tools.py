@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import warnings
 
 import pytest
 import torch
@@ -62,6 +63,21 @@ def files(tmp_path_factory):
     torch.save({"model": model.state_dict(), "config": load_config(TINY_CFG).dump()}, paths["classifier"])
     (root / "file.txt").write_text("x")
     (root / "bad.yaml").write_text("TRAIN:\n  EPOCS: 3\n")
+    paths["training"] = str(root / "ckpt_epoch_3.pth")  # another run's checkpoint, not an input of the tools
+    optimizer = torch.optim.AdamW(model.parameters())
+    torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": 3}, paths["training"])
+    paths["vit"] = str(root / "vit.pth")  # a ViT's names: blocks.N and a head, no Swin stages
+    torch.save({"model": {"blocks.0.attn.qkv.weight": torch.zeros(6, 2), "head.weight": torch.zeros(3, 2)}},
+               paths["vit"])
+    paths["names_number"] = str(root / "names_number.pth")
+    torch.save({"model": model.state_dict(), "class_names": 7}, paths["names_number"])
+    paths["scripted"] = str(root / "scripted.pt")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # TorchScript's deprecation notes
+        torch.jit.save(torch.jit.trace(torch.nn.Linear(2, 2), torch.zeros(1, 2)), paths["scripted"])
+    tabbed = image_tree(str(root / "tabbed"))
+    os.rename(os.path.join(tabbed, "train", "a", "0.png"), os.path.join(tabbed, "train", "a", "x\ty.png"))
+    paths["tabbed"] = os.path.join(tabbed, "train")
     return paths
 
 
@@ -98,6 +114,12 @@ CASES = {
         "odd opts": (["{images}", "--random-weights", "--cfg", TINY_CFG, "--opts", "DATA.IMG_SIZE"],
                      ("DATA.IMG_SIZE has no value",)),
         "no inputs": (["--cfg", TINY_CFG], ("inputs",)),
+        "output onto another run's training checkpoint": (["{images}", "--cfg", TINY_CFG, "--output", "{training}"],
+                                                          ("ckpt_epoch_3.pth: it is a training checkpoint",)),
+        "class names of the wrong kind": (["{images}", "--cfg", TINY_CFG, "--resume", "{names_number}"],
+                                          ("names_number.pth has a malformed class_names entry",)),
+        "a TorchScript program as weights": (["{images}", "--cfg", TINY_CFG, "--resume", "{scripted}"],
+                                             ("scripted.pt is a TorchScript program",)),
         "SimMIM pre-training": (["{images}", "--resume", "{simmim}"], ("simmim.pth is SimMIM pre-training",
                                                                         "tools.reconstruct")),
         "SimMIM pre-training with a classifier's --cfg": (["{images}", "--cfg", TINY_CFG, "--resume", "{simmim}"],
@@ -158,6 +180,10 @@ CASES = {
         "output in a missing folder": (["--to", "timm", "{ckpt}", "/no/such/dir/out.pth"], ("/no/such/dir",)),
         "output is a folder": (["--to", "timm", "{ckpt}", "{out}"], ("is a folder",)),
         "output onto the input": (["--to", "timm", "{ckpt}", "{ckpt}"], ("tiny.pth: it is an input",)),
+        "a vision transformer": (["--to", "timm", "{vit}", "{out}/out.pth"], ("vit.pth is in the unknown layout",
+                                                                               "pass a Swin checkpoint")),
+        "output onto another run's training checkpoint": (["--to", "timm", "{ckpt}", "{training}"],
+                                                          ("it is a training checkpoint",)),
         "no direction": (["{ckpt}", "{out}/out.pth"], ("--to",)),
         "unknown layout": (["--to", "keras", "{ckpt}", "{out}/out.pth"], ("keras",)),
     },
@@ -175,6 +201,9 @@ CASES = {
                                  ("cut.pth",)),
         "output onto the checkpoint": (["--cfg", TINY_CFG, "--resume", "{ckpt}", "--format", "torchscript",
                                         "--output", "{ckpt}"], ("tiny.pth: it is an input",)),
+        "output onto another run's training checkpoint": (["--cfg", TINY_CFG, "--resume", "{ckpt}", "--format",
+                                                           "torchscript", "--output", "{training}"],
+                                                          ("ckpt_epoch_3.pth: it is a training checkpoint",)),
         "an opset the exporter cannot convert to": (["--cfg", TINY_CFG, "--output", "{out}/m.onnx", "--opset", "13"],
                                                     ("--opset 13", "could not convert", "--opset 18")),
     },
@@ -189,6 +218,7 @@ CASES = {
         "a file": (["{file}"], ("file.txt",)),
         "no class folders": (["{run}"], ("no class sub-folders",)),
         "two folders": (["{root}", "{root}"], ("unrecognized arguments",)),
+        "an image name with a tab": (["{tabbed}"], ("has a tab or line break in its name",)),
     },
 }
 TABLE = {f"{entry.__module__.split('.')[-1]}: {name}": (entry, case) for entry, cases in CASES.items()

@@ -14,11 +14,15 @@ import socket
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Optional
 
 import pytest
 import torch
 from conftest import ROOT, TINY_CFG, assert_torchrun_user_error, assert_user_error, digest
+
+from config import load_config
+from models import build_model
 
 PAPER_RECIPE = ("DATA.DATASET", "digits", "DATA.BATCH_SIZE", "32", "DATA.NUM_WORKERS", "2", "TRAIN.EPOCHS", "2",
                 "AUG.AUTO_AUGMENT", "'rand-m9-mstd0.5-inc1'", "AUG.COLOR_JITTER", "0.4", "AUG.REPROB", "0.25",
@@ -246,6 +250,8 @@ def test_a_finished_run_says_so_and_more_epochs_continue_the_schedule(straight, 
 
 
 def test_two_runs_on_one_folder_the_second_stops_and_a_dead_runs_lock_is_taken_over(tmp_path):
+    weights = str(tmp_path / "weights.pth")
+    torch.save({"model": build_model(load_config(TINY_CFG)).state_dict()}, weights)
     long_run = command(tmp_path, "TRAIN.EPOCHS", "6")
     first = subprocess.Popen(long_run, cwd=ROOT, stdout=subprocess.PIPE,
                              stderr=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
@@ -253,8 +259,11 @@ def test_two_runs_on_one_folder_the_second_stops_and_a_dead_runs_lock_is_taken_o
         if "train 0 [" in line:
             break
     try:
-        second = run(command(tmp_path))
+        with ThreadPoolExecutor(2) as pool:  # at once, so the first run is still training when both start
+            second, evaluation = pool.map(run, (command(tmp_path), command(tmp_path, flags=("--eval", "--pretrained",
+                                                                                              weights))))
         assert_user_error(second, f"{run_dir(tmp_path)} is in use", f"process {first.pid}", "--tag")
+        assert_user_error(evaluation, f"{run_dir(tmp_path)} is in use", f"process {first.pid}")
     finally:
         first.kill()
         first.communicate(timeout=60)

@@ -15,9 +15,10 @@ from typing import Optional
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+from checkpoint_entries import model_state_from  # noqa: E402
 from cli import StrictParser, run_command  # noqa: E402
 from models.convert import detect_layout, from_timm, from_torchvision, to_timm, to_torchvision  # noqa: E402
-from utils import CheckpointError, load_checkpoint_file, model_state_from, require_folder_of, save_checkpoint  # noqa: E402
+from utils import CheckpointError, load_checkpoint_file, require_output, save_checkpoint  # noqa: E402
 
 _TO = {"timm": to_timm, "torchvision": to_torchvision}
 _FROM = {"timm": from_timm, "torchvision": from_torchvision}
@@ -35,7 +36,7 @@ def main(argv: Optional[list[str]] = None) -> int:
 
 
 def _convert(args: argparse.Namespace) -> int:
-    require_folder_of(args.output, keep=[args.input])
+    require_output(args.output, [args.input])
     state = model_state_from(load_checkpoint_file(args.input), args.input)
     expected, found = ("reference" if args.to else args.source), detect_layout(state)
     if found != expected:

@@ -25,7 +25,7 @@ sys.path.insert(0, ROOT)
 
 from cli import StrictParser, positive_int, run_command  # noqa: E402
 from tools.model_source import add_model_arguments, model_files, model_from_arguments  # noqa: E402
-from utils import UserError, out_of_space_as_user_error, require_folder_of  # noqa: E402
+from utils import UserError, out_of_space_as_user_error, require_output  # noqa: E402
 
 # ONNX files are protobufs, limited to 2 GB: larger models keep their weights in an external-data file beside.
 _ONNX_ONE_FILE_BYTES = 1_800_000_000
@@ -148,7 +148,7 @@ def _check_opset(opset: int) -> None:
 
 
 def _export(args: argparse.Namespace) -> int:
-    require_folder_of(args.output, keep=model_files(args))
+    require_output(args.output, model_files(args))
     if args.format == "onnx":
         _check_opset(args.opset)
     model, config, _ = model_from_arguments(args)

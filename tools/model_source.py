@@ -13,6 +13,7 @@ from torch import nn
 from yacs.config import CfgNode
 
 from checkpoint import load_weights, reference_state
+from checkpoint_entries import check_entries
 from config import config_from_weights, load_config
 from models import build_model, zoo
 from utils import ConfigError, load_checkpoint_file
@@ -60,6 +61,7 @@ def model_from_arguments(args: argparse.Namespace, simmim: bool = False) -> tupl
     a classifier, or with `simmim` a SimMIM pre-training model."""
     path = local_weights(args.resume) if args.resume else ""
     payload = load_checkpoint_file(path) if path else {}
+    check_entries(payload, path)
     state = reference_state(payload, path, None)[0] if path else None
     head = state["head.weight"].shape[0] if state is not None and "head.weight" in state else None
     config = config_from_arguments(args, path, payload, head)

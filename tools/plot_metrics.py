@@ -17,7 +17,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from cli import StrictParser, run_command  # noqa: E402
-from utils import UserError, kind_problem, require_folder_of, write_atomically  # noqa: E402
+from utils import UserError, kind_problem, require_output, write_atomically  # noqa: E402
 
 # The figures each epoch record must hold to be drawn (top-5 is drawn where it was measured: over 5 classes);
 # SimMIM pre-training has no validation.
@@ -73,7 +73,7 @@ def output_path(output: str) -> str:
     """The file the plot goes to: `output` with an image format matplotlib writes (a name without one gets .png);
     a one-line UserError for another extension or a folder that cannot take it (checked once, on the name given:
     an added .png lands in the same folder)."""
-    require_folder_of(output)
+    require_output(output)
     extension = os.path.splitext(output)[1][1:].lower()
     if not extension:
         output, extension = output + ".png", "png"

@@ -29,7 +29,7 @@ from data.datasets import decode_image  # noqa: E402
 from data.transforms import build_transform  # noqa: E402
 from runtime import keep_freed_memory, prepare_for_inference  # noqa: E402
 from tools.model_source import add_model_arguments, model_files, model_from_arguments  # noqa: E402
-from utils import DataError, UserError, require_folder_of, save_text  # noqa: E402
+from utils import DataError, UserError, require_output, save_text  # noqa: E402
 
 
 def expand_inputs(inputs: list[str]) -> list[str]:
@@ -123,7 +123,7 @@ def main(argv: Optional[list[str]] = None) -> int:
 def _predict(args: argparse.Namespace) -> int:
     paths = expand_inputs(args.inputs)
     if args.output:
-        require_folder_of(args.output, keep=[*paths, *model_files(args)])
+        require_output(args.output, [*paths, *model_files(args)])
     if not (args.resume or args.random_weights):
         raise UserError("predict needs weights: pass --resume with a checkpoint, a model zoo name or a URL (or "
                         "--random-weights to try the pipeline on an untrained model)")

@@ -28,7 +28,7 @@ from data.transforms import build_transform  # noqa: E402
 from models.simmim import SimMIM, local_statistics, pixel_mask  # noqa: E402
 from tools.model_source import add_model_arguments, model_files, model_from_arguments  # noqa: E402
 from tools.predict import expand_inputs  # noqa: E402
-from utils import require_folder_of, write_atomically  # noqa: E402
+from utils import require_output, write_atomically  # noqa: E402
 
 COLUMNS = ("original", "masked input", "reconstruction")
 _TILE_PX = 128  # small images are enlarged (nearest) to about this size, so 32px ones can be seen
@@ -85,7 +85,7 @@ def main(argv: Optional[list[str]] = None) -> int:
 
 def _reconstruct(args: argparse.Namespace) -> int:
     paths = expand_inputs(args.inputs)[: args.count]
-    require_folder_of(args.output, keep=[*paths, *model_files(args)])
+    require_output(args.output, [*paths, *model_files(args)])
     model, config, _ = model_from_arguments(args, simmim=True)
     view = build_transform(False, config)
     images = torch.stack([view(decode_image(p, p)) for p in paths])  # B, 3, H, W
