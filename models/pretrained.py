@@ -56,7 +56,10 @@ def _adapt_head(state: dict, target: dict, logger: logging.Logger) -> None:
         state.pop("head.weight", None)
         state.pop("head.bias", None)
         return
-    old, new = state["head.weight"].shape[0], target["head.weight"].shape[0]
+    weight, bias = state["head.weight"], state.get("head.bias")
+    if bias is None or weight.dim() != 2 or bias.shape != weight.shape[:1]:
+        return  # not a linear classifier's pair: the fit check names what does not fit
+    old, new = weight.shape[0], target["head.weight"].shape[0]
     if old == new:
         return
     if old == _IMAGENET22K_CLASSES and new == _IMAGENET1K_CLASSES:
@@ -70,6 +73,13 @@ def _adapt_head(state: dict, target: dict, logger: logging.Logger) -> None:
                 "from scratch")
 
 
+def _is_grid(shape: torch.Size, wanted: torch.Size, axis: int) -> bool:
+    """Whether `shape` differs from `wanted` only in `axis`, which counts a square grid's cells in both."""
+    if len(shape) != len(wanted) or any(a != b for i, (a, b) in enumerate(zip(shape, wanted)) if i != axis):
+        return False
+    return all(n > 0 and round(n**0.5) ** 2 == n for n in (shape[axis], wanted[axis]))
+
+
 def adapt_state_dict(state: dict, model: nn.Module, logger: logging.Logger) -> dict:
     """`state` reshaped to fit `model`: derived buffers dropped, tables and embeddings resized, head mapped."""
     target = model.state_dict()
@@ -77,12 +87,14 @@ def adapt_state_dict(state: dict, model: nn.Module, logger: logging.Logger) -> d
     for key, value in list(state.items()):
         if key not in target or target[key].shape == value.shape:
             continue
-        if key.endswith("relative_position_bias_table"):
-            state[key] = resize_bias_table(value, target[key].shape[0])
-        elif key == "absolute_pos_embed":
-            state[key] = resize_position_embedding(value, target[key].shape[1])
+        wanted = target[key].shape
+        if key.endswith("relative_position_bias_table") and _is_grid(value.shape, wanted, 0):
+            state[key] = resize_bias_table(value, wanted[0])
+        elif key == "absolute_pos_embed" and value.dim() == 3 and value.shape[0] == 1 and _is_grid(value.shape,
+                                                                                                     wanted, 1):
+            state[key] = resize_position_embedding(value, wanted[1])
         else:
-            continue
+            continue  # a shape no resizing explains: the fit check names it
         logger.info(f"resized {key} {tuple(value.shape)} -> {tuple(target[key].shape)} (bicubic)")
     _adapt_head(state, target, logger)
     return state

@@ -145,6 +145,13 @@ def files(tmp_path_factory, finished):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # TorchScript's deprecation notes
         torch.jit.save(torch.jit.trace(torch.nn.Linear(2, 2), torch.zeros(1, 2)), paths["scripted"])
+    table = "layers.0.blocks.0.attn.relative_position_bias_table"
+    for name, changed in (("odd_table", {table: torch.zeros(10, 3)}), ("flat_table", {table: torch.zeros(49)}),
+                          ("empty_table", {table: torch.zeros(0, 2)}),
+                          ("head_without_bias", {"head.weight": torch.zeros(7, 32)})):
+        paths[name] = str(root / f"{name}.pth")
+        weights = {k: v for k, v in state["model"].items() if k != "head.bias" or name != "head_without_bias"}
+        torch.save({"model": {**weights, **changed}}, paths[name])
     paths["epoch_0"] = os.path.join(run_dir(finished), "ckpt_epoch_0.pth")
     paths["folder"] = str(root)
     paths["long"] = str(root / ("x" * 300))
@@ -339,6 +346,11 @@ CHECKPOINT_CASES = {
     "pretrained missing": (t("--tag", "fresh", "--pretrained", "/no/weights.pth"), ("/no/weights.pth does not exist",)),
     "pretrained text": (t("--tag", "fresh", "--pretrained", "{notes}"), ("notes.txt cannot be read",)),
     "pretrained NaN": (t("--tag", "fresh", "--pretrained", "{nan_ckpt}"), ("non-finite values",)),
+    **{f"pretrained {what}": (t("--tag", "fresh", "--pretrained", f"{{{name}}}"), (f"{name}.pth does not fit", *frag))
+       for what, name, frag in (("bias table no resizing explains", "odd_table", ("(10, 3) vs (49, 2)",)),
+                                ("bias table of one axis", "flat_table", ("(49,) vs (49, 2)",)),
+                                ("bias table with no rows", "empty_table", ("(0, 2) vs (49, 2)",)),
+                                ("head weight without its bias", "head_without_bias", ("head.weight (7, 32) vs (10, 32)",)))},
     "eval from a truncated file": (t("--eval", "--resume", "{cut}"), ("cut.pth cannot be read",)),
     "would run code when read": (t("--resume", "{runs_code}"), ("runs_code.pth cannot be read", "pickles code")),
     "pretrained that would run code when read": (t("--tag", "fresh", "--pretrained", "{runs_code}"),
