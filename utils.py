@@ -150,8 +150,8 @@ def require_output(path: str, inputs: Iterable[Optional[str]] = ()) -> None:
 
 
 def _is_training_checkpoint(path: str) -> bool:
-    """A torch.save archive with optimizer state; one that pickles more than weights (a reference run's config)
-    counts as one too."""
+    """A torch.save archive with optimizer state; one that pickles more than the weights-only loader reads (a
+    reference run's config) counts as one too."""
     try:
         with zipfile.ZipFile(path) as archive:
             if not any(name.endswith("/data.pkl") for name in archive.namelist()) or _export_kind(path):
@@ -159,10 +159,10 @@ def _is_training_checkpoint(path: str) -> bool:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)
             payload = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except (zipfile.BadZipFile, OSError, ValueError):
-        return False
-    except (pickle.UnpicklingError, RuntimeError, EOFError, AttributeError, ImportError, TypeError, KeyError):
+    except pickle.UnpicklingError:
         return True
+    except (zipfile.BadZipFile, OSError, ValueError, RuntimeError, EOFError, AttributeError, TypeError, KeyError):
+        return False  # damaged: whatever it was, it no longer holds a run
     return isinstance(payload, dict) and "optimizer" in payload
 
 
