@@ -82,12 +82,16 @@ def full_disk(small_disk):
 
 
 def digest(folder: str) -> dict:
-    """A hash of every file below `folder` except the run logs, which are appended to by design."""
+    """A hash of every regular file below `folder` except the run logs, which are appended to by design."""
     hashes = {}
     for dirpath, _, files in os.walk(folder):
         for name in files:
-            if not name.startswith("log_rank"):
-                path = os.path.join(dirpath, name)
-                with open(path, "rb") as f:
-                    hashes[path] = hashlib.sha256(f.read()).hexdigest()
+            path = os.path.join(dirpath, name)
+            if name.startswith("log_rank"):
+                continue
+            if not os.path.isfile(path):  # a FIFO or device, which reading would block on
+                hashes[path] = "not a regular file"
+                continue
+            with open(path, "rb") as f:
+                hashes[path] = hashlib.sha256(f.read()).hexdigest()
     return hashes

@@ -78,6 +78,8 @@ def files(tmp_path_factory):
     tabbed = image_tree(str(root / "tabbed"))
     os.rename(os.path.join(tabbed, "train", "a", "0.png"), os.path.join(tabbed, "train", "a", "x\ty.png"))
     paths["tabbed"] = os.path.join(tabbed, "train")
+    paths["fifo_folder"] = image_tree(str(root / "fifo_folder"))
+    os.mkfifo(os.path.join(paths["fifo_folder"], "train", "a", "waits.jpg"))  # reading it would block forever
     return paths
 
 
@@ -116,6 +118,8 @@ CASES = {
         "no inputs": (["--cfg", TINY_CFG], ("inputs",)),
         "output onto another run's training checkpoint": (["{images}", "--cfg", TINY_CFG, "--output", "{training}"],
                                                           ("ckpt_epoch_3.pth: it is a training checkpoint",)),
+        "a folder with a FIFO named as an image": (["{fifo_folder}", "--cfg", TINY_CFG],
+                                                   ("waits.jpg is not a regular file",)),
         "class names of the wrong kind": (["{images}", "--cfg", TINY_CFG, "--resume", "{names_number}"],
                                           ("names_number.pth has a malformed class_names entry",)),
         "a TorchScript program as weights": (["{images}", "--cfg", TINY_CFG, "--resume", "{scripted}"],

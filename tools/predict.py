@@ -19,13 +19,12 @@ import time
 from typing import Optional
 
 import torch
-from torchvision.datasets.folder import IMG_EXTENSIONS
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from cli import StrictParser, positive_int, run_command  # noqa: E402
-from data.datasets import decode_image  # noqa: E402
+from data.datasets import decode_image, image_files  # noqa: E402
 from data.transforms import build_transform  # noqa: E402
 from runtime import keep_freed_memory, prepare_for_inference  # noqa: E402
 from tools.model_source import add_model_arguments, model_files, model_from_arguments  # noqa: E402
@@ -33,12 +32,12 @@ from utils import DataError, UserError, require_output, save_text  # noqa: E402
 
 
 def expand_inputs(inputs: list[str]) -> list[str]:
-    """Image files named directly, found under folders (recursively) or matched by globs, in order."""
+    """Image files named directly, found under folders (as training finds them: recursively, links followed once,
+    nothing but regular files) or matched by globs, in order."""
     paths = []
     for item in inputs:
         if os.path.isdir(item):
-            paths += sorted(os.path.join(d, f) for d, _, files in os.walk(item) for f in files
-                            if f.lower().endswith(IMG_EXTENSIONS))
+            paths += image_files(item)
         elif os.path.isfile(item):
             paths.append(item)
         else:
