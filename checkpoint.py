@@ -142,7 +142,7 @@ def _optimizer_state_by_name(saved: dict, saved_names: list[str], model: nn.Modu
     """The saved per-parameter state renumbered for `optimizer`, matched by parameter name."""
     index_of = {name: i for i, name in enumerate(optimizer_param_names(model, optimizer))}
     state = {index_of[saved_names[i]]: value for i, value in saved["state"].items()
-             if i < len(saved_names) and saved_names[i] in index_of}
+             if 0 <= i < len(saved_names) and saved_names[i] in index_of}
     return {"state": state, "param_groups": optimizer.state_dict()["param_groups"]}
 
 
@@ -186,8 +186,8 @@ def restore_optimizer(optimizer: torch.optim.Optimizer, payload: dict, model: nn
     current_groups = [{k: v for k, v in group.items() if k != "params"} for group in optimizer.param_groups]
     try:
         optimizer.load_state_dict(saved)
-    except (ValueError, KeyError, IndexError) as err:
-        raise _other_parameters(path, str(err)) from None
+    except (ValueError, KeyError, IndexError, TypeError) as err:
+        raise _other_parameters(path, str(err) or type(err).__name__) from None
     for group, settings in zip(optimizer.param_groups, current_groups):
         group.update(settings)
 

@@ -43,7 +43,7 @@ def settings_differences(stored_text: str, config: CfgNode, stored_world: int, w
     """`{key: (stored, current)}` for the training settings that differ; `processes` stands for the world size."""
     try:
         stored = _flatten(yaml.safe_load(stored_text) or {})
-    except yaml.YAMLError:
+    except (yaml.YAMLError, RecursionError):  # text that is no config compares as none
         stored = {}
     current = _flatten(config)
     differences = {key: (stored.get(key), value) for key, value in current.items()

@@ -139,6 +139,10 @@ def files(tmp_path_factory, finished):
     nan_moments = {k: {**v, "exp_avg": torch.full_like(v["exp_avg"], float("nan"))} for k, v in moments.items()}
     paths["nan_moments"] = str(root / "nan_moments.pth")
     torch.save({**state, "optimizer": {**state["optimizer"], "state": nan_moments}}, paths["nan_moments"])
+    reference_style = {k: v for k, v in state.items() if k != "optimizer_param_names"}  # matched by position
+    paths["groups_odd"] = str(root / "groups_odd.pth")
+    torch.save({**reference_style, "optimizer": {**state["optimizer"], "param_groups": [{"params": 7}]}},
+               paths["groups_odd"])
     paths["past_epoch"] = str(root / "past_epoch.pth")
     torch.save({**state, "resume_at": [2, 999]}, paths["past_epoch"])
     paths["scripted"] = str(root / "scripted.pt")
@@ -373,6 +377,8 @@ CHECKPOINT_CASES = {
        for name, (kind, _) in ODD_WEIGHTS.items()},
     "optimizer moments of other shapes": (t("--resume", "{shifted_moments}"),
                                           ("shifted_moments.pth has optimizer state for other", "exp_avg of")),
+    "reference optimizer groups with a number for their parameters": (t("--resume", "{groups_odd}"),
+                                                                       ("groups_odd.pth has optimizer state for",)),
     "optimizer moments that are not finite": (t("--resume", "{nan_moments}"), ("non-finite values",)),
     "a mid-epoch position past the epoch's batches": (t("--resume", "{past_epoch}"),
                                                       ("after 999 batches of epoch 2", "now has")),
