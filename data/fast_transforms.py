@@ -4,7 +4,8 @@ same random draws in the same order, its slowest steps computed faster on a core
 - The random crop is drawn from the image header before decoding; JPEGs are decoded by torchvision's
   decoder (the same pixels as PIL's, faster), or by PIL at 1/2, 1/4 or 1/8 scale when the crop is large
   enough, and the crop is resized by torch's antialiased uint8 kernel instead of PIL's (within about a
-  grey level of it).
+  grey level of it). The horizontal flip that follows is drawn there too, from torch's generator as
+  torchvision's flip draws it, and mirrors the resized pixels (a PIL image less per sample).
 - RandAugment's shear and translate ops are PIL bicubic affine warps that move pixels along rows or columns
   only, so they are one-dimensional resamplings: computed as such (PIL's a = -1 cubic, truncated, clamped
   edges, the fill colour where the source falls outside), equal to PIL's output within one grey level.
@@ -77,12 +78,16 @@ def _decode_jpeg(data: bytes) -> torch.Tensor:
 
 
 class TorchRandomResizedCrop(RandomResizedCropAndInterpolation):
-    """timm's RandomResizedCrop with the same draws (crop, then interpolation), resized by torch.
+    """timm's RandomResizedCrop with the same draws (crop, then interpolation), resized by torch; with
+    `flip_p` it also takes the place of the RandomHorizontalFlip that follows it, drawing the flip from torch's
+    generator as that does and mirroring the resized pixels before they become a PIL image (an exact mirror).
 
     As the dataset's decoder (`decode`) it draws the crop from the image header, then decodes a JPEG by
     torchvision's faster decoder, or at 1/2, 1/4 or 1/8 scale by PIL when the crop keeps at least the
     output size at that scale.
     """
+
+    flip_p = 0.0
 
     def _draw(self, img: Image.Image) -> tuple[tuple[int, int, int, int], InterpolationMode]:
         crop = self.get_params(img, self.scale, self.ratio)
@@ -126,6 +131,9 @@ class TorchRandomResizedCrop(RandomResizedCropAndInterpolation):
             crop = top, left, round((crop[0] + crop[2]) * sy) - top, round((crop[1] + crop[3]) * sx) - left
         return PlannedCrop(torch.from_numpy(np.array(rgb)), crop, interpolation)
 
+    def __repr__(self) -> str:
+        return super().__repr__()[:-1] + f", flip_p={self.flip_p})"
+
     def __call__(self, img: Image.Image | PlannedCrop) -> Image.Image:
         if isinstance(img, PlannedCrop):
             (i, j, h, w), interpolation = img.crop, img.interpolation
@@ -138,6 +146,8 @@ class TorchRandomResizedCrop(RandomResizedCropAndInterpolation):
         crop = crop.permute(2, 0, 1).unsqueeze(0).contiguous(memory_format=torch.channels_last)
         exact = interpolation == InterpolationMode.NEAREST
         resized = F.interpolate(crop, size=self.size, mode=interpolation.value, antialias=not exact)  # 1, C, H, W
+        if self.flip_p and torch.rand(1) < self.flip_p:
+            resized = resized.flip(3)
         return Image.fromarray(resized[0].permute(1, 2, 0).contiguous().numpy())  # H, W, C
 
 
@@ -252,12 +262,15 @@ ONE_DIMENSIONAL_OPS = {  # timm's op -> its one-dimensional version above
 
 
 def use_torch_backend(transform: transforms.Compose) -> TorchBackendCompose:
-    """The training transform with its RandomResizedCrop swapped for TorchRandomResizedCrop, every setting and
-    random draw kept (build_transform also points RandAugment at ONE_DIMENSIONAL_OPS)."""
+    """The training transform with its RandomResizedCrop, and the horizontal flip right after it, swapped for
+    TorchRandomResizedCrop, every setting and random draw kept (build_transform also points RandAugment at
+    ONE_DIMENSIONAL_OPS)."""
     steps = list(transform.transforms)
-    for i, step in enumerate(steps):
-        if isinstance(step, RandomResizedCropAndInterpolation):
-            swapped = TorchRandomResizedCrop(step.size, step.scale, step.ratio)
-            swapped.interpolation = step.interpolation
-            steps[i] = swapped
+    at = next((i for i, step in enumerate(steps) if isinstance(step, RandomResizedCropAndInterpolation)), None)
+    if at is not None:
+        swapped = TorchRandomResizedCrop(steps[at].size, steps[at].scale, steps[at].ratio)
+        swapped.interpolation = steps[at].interpolation
+        if at + 1 < len(steps) and type(steps[at + 1]) is transforms.RandomHorizontalFlip:
+            swapped.flip_p = steps.pop(at + 1).p
+        steps[at] = swapped
     return TorchBackendCompose(steps)

@@ -104,12 +104,12 @@ def build_transform(is_train: bool, config: CfgNode) -> Callable:
         )
         fix_posterize(transform)
         _one_pass_to_tensor(transform)
-        if config.DATA.TRANSFORM_BACKEND == "torch":
-            transform = use_torch_backend(transform)
-            replace_augment_ops(transform, ONE_DIMENSIONAL_OPS)
         if not resize_im and aug.SMALL_IMAGE_CROP == "pad":
             # The reference's CIFAR crop; images of another size are first brought to the configured one.
             transform.transforms[0:1] = [ResizeIfOtherSize(img_size), transforms.RandomCrop(img_size, padding=4)]
+        if config.DATA.TRANSFORM_BACKEND == "torch":
+            transform = use_torch_backend(transform)
+            replace_augment_ops(transform, ONE_DIMENSIONAL_OPS)
         return transform
     steps = [] if resize_im else [ResizeIfOtherSize(img_size)]
     if resize_im:

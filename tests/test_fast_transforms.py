@@ -140,6 +140,24 @@ def test_the_same_seed_gives_the_same_augmentation_within_a_grey_level_as_the_pi
     assert np.median(other_seed) > 0.3
 
 
+@pytest.mark.parametrize("opts", [(), ("DATA.IMG_SIZE", "32", "MODEL.SWIN.WINDOW_SIZE", "4")])
+def test_both_backends_flip_half_of_the_draws(opts):
+    """The torch backend draws the horizontal flip inside its crop step (at 224px) or keeps torchvision's flip
+    (the 32px padded crop): either way half of the draws of a picture whose left side is red are mirrored."""
+    img = photo(320, 240) if not opts else photo(32, 32)
+    pixels = np.array(img)
+    pixels[:, :pixels.shape[1] // 2, 0] = 255
+    img = Image.fromarray(pixels)
+    for transform in transforms("AUG.AUTO_AUGMENT", "none", "AUG.REPROB", "0", "AUG.SMALL_IMAGE_CROP", "pad", *opts):
+        red_on_the_left = []
+        for seed in range(60):
+            seeded(seed)
+            x = transform(transform.decode(io.BytesIO(jpeg_bytes(img))) if hasattr(transform, "decode") else img)
+            half = x.shape[2] // 2
+            red_on_the_left.append(bool(x[0, :, :half].mean() > x[0, :, half:].mean()))
+        assert 15 <= sum(red_on_the_left) <= 45, (type(transform).__name__, sum(red_on_the_left))
+
+
 def test_a_large_crop_is_decoded_at_reduced_scale_with_the_same_content_and_sharpness():
     """A 1600x1200 JPEG whose crop keeps twice the output size is decoded at 1/2 or 1/4 by PIL's draft. The
     crop's edges then fall on the reduced grid (at most a quarter of an output pixel away), so pixels near hard
