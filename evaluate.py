@@ -12,7 +12,6 @@ from checkpoint import load_pretrained, load_weights, reference_state
 from checkpoint_entries import check_entries
 from data import build_eval_loader, build_loader
 from evaluation import ClassTally
-from run_folder import RunLock
 from runtime import Runtime, prepare_for_inference
 from trainer import new_model, with_num_classes
 from utils import DataError, UserError, load_checkpoint_file
@@ -68,17 +67,8 @@ def _eval_setup(config: CfgNode, rt: Runtime, logger: logging.Logger
 
 
 def run_eval(config: CfgNode, rt: Runtime, logger: logging.Logger) -> dict:
-    """Evaluate with the output folder locked, as training locks it: its eval_* files never land in a folder a
+    """Evaluate the weights given; main.run holds the output folder, so eval_* files never land in a folder a
     running training (or another evaluation) is writing."""
-    lock = RunLock(config.OUTPUT)
-    rt.agreed(lambda: lock.acquire() if rt.is_main else None)
-    try:
-        return _evaluate(config, rt, logger)
-    finally:
-        lock.release()
-
-
-def _evaluate(config: CfgNode, rt: Runtime, logger: logging.Logger) -> dict:
     bare, loader, names, classes = rt.agreed(lambda: _eval_setup(config, rt, logger))
     tally = ClassTally(classes, rt.device)
     size = config.DATA.IMG_SIZE

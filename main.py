@@ -19,6 +19,7 @@ from config import get_config
 from config_checks import reference_only_notes
 from evaluate import run_eval, run_throughput
 from logger import create_logger
+from run_folder import RunLock
 from runtime import init_runtime, launcher_ranks, meet_before_exit, shutdown_runtime
 from trainer import Interrupted, run_training
 from utils import UserError, announce_user_error, seed_everything, tell, write_to_log_files
@@ -93,7 +94,10 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
 def run(config: CfgNode) -> dict:
     """Set up this process and run the mode the config asks for."""
     rt = init_runtime(config)
+    lock = RunLock(config.OUTPUT)
     try:
+        if not config.THROUGHPUT_MODE:  # a training or evaluation holds its folder before its first log line there
+            rt.agreed(lambda: lock.acquire() if rt.is_main else None)
         # One download per node (its local rank 0); the other ranks then read the cache.
         local = rt.agreed(lambda: with_local_weights(config) if rt.local_rank == 0 else None)
         local = local or with_local_weights(config)
@@ -112,6 +116,7 @@ def run(config: CfgNode) -> dict:
             return run_eval(config, rt, logger)
         return run_training(config, rt, logger)
     finally:
+        lock.release()
         shutdown_runtime(rt)
 
 

@@ -36,7 +36,6 @@ from models.freeze import freeze
 from models.summary import summarize
 from optimizer import build_optimizer
 from run_folder import (
-    RunLock,
     check_folder_token,
     check_nothing_overwritten,
     check_resumable,
@@ -158,7 +157,7 @@ def _make_context(config: CfgNode, rt: Runtime, data: LoaderBundle, model: nn.Mo
 class Training:
     """One training run: its folder, resume point, checkpoints, preemption and the epoch loop.
 
-    Start-up checks every input (folder lock, data, checkpoint, settings) before anything in the
+    Start-up checks every input (data, checkpoint, settings; main.run holds the folder's lock) before anything in the
     run folder changes, and every rank stops together on a mistake any rank finds.
     """
 
@@ -166,7 +165,6 @@ class Training:
         self.config = config
         self.rt = rt
         self.logger = logger
-        self.lock = RunLock(config.OUTPUT)
         self.stop = StopFlag()
         self.history: list[dict] = []
         self.max_accuracy = 0.0
@@ -176,7 +174,6 @@ class Training:
 
     def _setup(self) -> ResumePoint:
         rt, config = self.rt, self.config
-        rt.agreed(lambda: self.lock.acquire() if rt.is_main else None)
         if rt.is_distributed:
             self._check_shared_folder()
         self.data = rt.agreed(lambda: build_loader(config, rt, self.logger))
@@ -298,16 +295,13 @@ class Training:
         return metrics
 
     def run(self) -> dict:
-        try:
-            point = self._setup()
-            if point.epoch >= self.config.TRAIN.EPOCHS:
-                outcome = self._outcome() if self.history else f"best val top-1 {self.max_accuracy:.2f}%"
-                self.logger.info(f"run {self.config.OUTPUT} is finished: {point.epoch} epochs, {outcome}; to train "
-                                 f"longer, pass --resume {point.path} with a larger TRAIN.EPOCHS")
-                return {"max_accuracy": self.max_accuracy}
-            return self._train(point)
-        finally:
-            self.lock.release()
+        point = self._setup()
+        if point.epoch >= self.config.TRAIN.EPOCHS:
+            outcome = self._outcome() if self.history else f"best val top-1 {self.max_accuracy:.2f}%"
+            self.logger.info(f"run {self.config.OUTPUT} is finished: {point.epoch} epochs, {outcome}; to train "
+                             f"longer, pass --resume {point.path} with a larger TRAIN.EPOCHS")
+            return {"max_accuracy": self.max_accuracy}
+        return self._train(point)
 
     def _train(self, point: ResumePoint) -> dict:
         metrics = self.rt.agreed(lambda: self._prepare_folder(point))

@@ -264,6 +264,8 @@ def test_two_runs_on_one_folder_the_second_stops_and_a_dead_runs_lock_is_taken_o
                                                                                               weights))))
         assert_user_error(second, f"{run_dir(tmp_path)} is in use", f"process {first.pid}", "--tag")
         assert_user_error(evaluation, f"{run_dir(tmp_path)} is in use", f"process {first.pid}")
+        log = open(os.path.join(run_dir(tmp_path), "log_rank0.txt")).read()
+        assert log.count("; output ") == 1, log  # the refused runs wrote no line into the running one's log
     finally:
         first.kill()
         first.communicate(timeout=60)
