@@ -123,10 +123,15 @@ def kind_problem(path: str, kind: str) -> Optional[str]:
 
 
 def require_folder_of(path: str) -> None:
-    """A one-line UserError, before any work is done, when a file cannot be written at `path`: it is a folder, or its
-    folder is missing or not writable (read-only, no permission)."""
+    """A one-line UserError, before any work is done, when a file cannot be written at `path`: it is a folder or
+    something else that is not a regular file (a device, FIFO or socket: replacing it would remove the node, and
+    reading it to check what it holds would block), or its folder is missing or not writable (read-only, no
+    permission)."""
     if os.path.isdir(path):
         raise UserError(f"cannot write {path}: it is a folder; give a file name inside it")
+    if os.path.exists(path) and not os.path.isfile(path):
+        raise UserError(f"cannot write {path}: it is not a regular file (a device, FIFO or socket); give the path "
+                        "of a file")
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder):
         raise UserError(f"cannot write {path}: folder {folder} does not exist; create it or pick another path")

@@ -80,6 +80,8 @@ def files(tmp_path_factory):
     paths["tabbed"] = os.path.join(tabbed, "train")
     paths["fifo_folder"] = image_tree(str(root / "fifo_folder"))
     os.mkfifo(os.path.join(paths["fifo_folder"], "train", "a", "waits.jpg"))  # reading it would block forever
+    paths["pipe"] = str(root / "pipe.png")  # an output path that is a FIFO: neither replaced nor read
+    os.mkfifo(paths["pipe"])
     return paths
 
 
@@ -120,6 +122,8 @@ CASES = {
                                                           ("ckpt_epoch_3.pth: it is a training checkpoint",)),
         "a folder with a FIFO named as an image": (["{fifo_folder}", "--cfg", TINY_CFG],
                                                    ("waits.jpg is not a regular file",)),
+        "output onto a FIFO": (["{images}", "--cfg", TINY_CFG, "--random-weights", "--output", "{pipe}"],
+                               ("pipe.png: it is not a regular file",)),
         "class names of the wrong kind": (["{images}", "--cfg", TINY_CFG, "--resume", "{names_number}"],
                                           ("names_number.pth has a malformed class_names entry",)),
         "a TorchScript program as weights": (["{images}", "--cfg", TINY_CFG, "--resume", "{scripted}"],
@@ -133,6 +137,8 @@ CASES = {
         "a classifier": (["{images}", "--resume", "{classifier}", "--output", "{out}/r.png"],
                          ("classifier.pth is a classifier", "MODEL.SIMMIM.PRETRAIN")),
         "output not a PNG": (["{images}", "--resume", "{simmim}", "--output", "{out}/r.jpg"], ("r.jpg", ".png")),
+        "output onto a FIFO": (["{images}", "--resume", "{simmim}", "--output", "{pipe}"],
+                               ("pipe.png: it is not a regular file",)),
         "output in a missing folder": (["{images}", "--resume", "{simmim}", "--output", "/no/such/r.png"],
                                        ("/no/such",)),
         "no image matches": (["{root}/none*.jpg", "--resume", "{simmim}", "--output", "{out}/r.png"],
@@ -167,6 +173,7 @@ CASES = {
         "empty metrics": (["{empty_run}"], ("no epochs",)),
         "output in a missing folder": (["{run}", "--output", "/no/such/dir/c.png"], ("/no/such/dir",)),
         "unknown flag": (["{run}", "--dpi", "3"], ("--dpi",)),
+        "output onto a FIFO": (["{run}", "--output", "{pipe}"], ("pipe.png: it is not a regular file",)),
         "two runs": (["{run}", "{run}"], ("unrecognized arguments",)),
         "record without a figure": (["{train_only}"], ("has no lr",)),
         "a validation figure missing in one epoch": (["{val_gap}"], ("epoch 1 has no val_loss",)),
@@ -189,11 +196,14 @@ CASES = {
         "output onto another run's training checkpoint": (["--to", "timm", "{ckpt}", "{training}"],
                                                           ("it is a training checkpoint",)),
         "no direction": (["{ckpt}", "{out}/out.pth"], ("--to",)),
+        "output onto a FIFO": (["--to", "timm", "{ckpt}", "{pipe}"], ("pipe.png: it is not a regular file",)),
         "unknown layout": (["--to", "keras", "{ckpt}", "{out}/out.pth"], ("keras",)),
     },
     export.main: {
         "missing config": (["--cfg", "/no/cfg.yaml", "--output", "{out}/m.onnx"], ("/no/cfg.yaml",)),
         "format not a choice": (["--cfg", TINY_CFG, "--output", "{out}/m.x", "--format", "tflite"], ("tflite",)),
+        "output onto a FIFO": (["--cfg", TINY_CFG, "--format", "torchscript", "--output", "{pipe}"],
+                               ("pipe.png: it is not a regular file",)),
         "output in a missing folder": (["--cfg", TINY_CFG, "--output", "/no/such/m.onnx"], ("/no/such",)),
         "mismatched checkpoint": (["--cfg", TINY_CFG, "--output", "{out}/m.onnx", "--resume", "{ckpt}", "--opts",
                                    "MODEL.SWIN.EMBED_DIM", "32"], ("does not fit",)),
