@@ -10,7 +10,7 @@ from typing import Optional
 
 from termcolor import colored
 
-from utils import ConfigError, discard_stdout, save_text, tell
+from utils import discard_stdout, output_folder_error, save_text, tell
 
 
 class _ColourFormatter(logging.Formatter):
@@ -72,8 +72,7 @@ def create_logger(output_dir: Optional[str], rank: int, name: str = "swin") -> l
             os.makedirs(output_dir, exist_ok=True)
             file_handler = _LogFile(os.path.join(output_dir, f"log_rank{rank}.txt"), mode="a")
         except OSError as err:
-            raise ConfigError(f"output folder {output_dir} cannot be written ({err.strerror}: {err.filename}); "
-                              "pass --output a folder you can write to") from None
+            raise output_folder_error(output_dir, err) from None
         file_handler.setFormatter(logging.Formatter(fmt, datefmt="%Y-%m-%d %H:%M:%S"))
         logger.addHandler(file_handler)
     return logger

@@ -15,7 +15,7 @@ from typing import Any, Optional
 import yaml
 from yacs.config import CfgNode
 
-from utils import ConfigError, UserError, save_text, training_checkpoints, training_position
+from utils import ConfigError, UserError, output_folder_error, save_text, training_checkpoints, training_position
 
 # Keys that change how a run is executed or recorded, not what it trains; a rerun may change them freely.
 _FREE_KEYS = {
@@ -85,8 +85,7 @@ class RunLock:
             os.makedirs(self.folder, exist_ok=True)
             fd = os.open(self.folder, os.O_RDONLY | os.O_DIRECTORY)
         except OSError as err:
-            raise ConfigError(f"output folder {self.folder} cannot be created or opened ({err.strerror}); "
-                              "pass an --output folder you can write to") from None
+            raise output_folder_error(self.folder, err) from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

@@ -122,6 +122,14 @@ def kind_problem(path: str, kind: str) -> Optional[str]:
     return "does not exist"
 
 
+def output_folder_error(folder: str, err: OSError) -> ConfigError:
+    """The one line for a run's output folder that cannot be made, opened or written in (a file in its path, a
+    name too long, no permission), wherever that shows first."""
+    where = f": {err.filename}" if err.filename else ""
+    return ConfigError(f"output folder {folder} cannot be written ({err.strerror}{where}); pass --output a folder "
+                       "you can write to")
+
+
 def require_folder_of(path: str) -> None:
     """A one-line UserError, before any work is done, when a file cannot be written at `path`: it is a folder or
     something else that is not a regular file (a device, FIFO or socket: replacing it would remove the node, and

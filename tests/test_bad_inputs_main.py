@@ -543,12 +543,13 @@ OUTPUT_CASES = {
 }
 
 
+@pytest.mark.parametrize("mode", [[], ["--throughput"]])  # the folder's lock meets it first; the log file
 @pytest.mark.parametrize("name", sorted(OUTPUT_CASES))
-def test_output_locations_that_cannot_be_written(name, tmp_path, capsys):
+def test_output_locations_that_cannot_be_written(name, mode, tmp_path, capsys):
     (tmp_path / "file").write_text("x")
     names = {"file": str(tmp_path / "file"), "long": str(tmp_path / ("x" * 300))}
     template, fragments = OUTPUT_CASES[name]
-    argv = ["--cfg", TINY_CFG, "--output", template.format(**names), "--opts", *DIGITS]
+    argv = ["--cfg", TINY_CFG, "--output", template.format(**names), *mode, "--opts", *DIGITS]
     code, out, err = call(main_module.main, argv, capsys)
     assert_one_error_line(code, out, err, *fragments)
 
