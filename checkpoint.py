@@ -184,6 +184,12 @@ def restore_optimizer(optimizer: torch.optim.Optimizer, payload: dict, model: nn
         saved = _optimizer_state_by_name(saved, payload["optimizer_param_names"], model, optimizer)
     _check_moments(saved["state"], [p for group in optimizer.param_groups for p in group["params"]], model, path)
     current_groups = [{k: v for k, v in group.items() if k != "params"} for group in optimizer.param_groups]
+    saved_groups = saved.get("param_groups")
+    if isinstance(saved_groups, list) and len(saved_groups) == len(current_groups):
+        # torch places each state tensor by its group's settings (a fused or capturable group keeps `step` on the
+        # parameter's device, others on the CPU): the settings must be this run's when it does, not the saving run's.
+        saved = {**saved, "param_groups": [{**group, **settings} if isinstance(group, dict) else group
+                                           for group, settings in zip(saved_groups, current_groups)]}
     try:
         optimizer.load_state_dict(saved)
     except (ValueError, KeyError, IndexError, TypeError) as err:

@@ -44,6 +44,25 @@ def test_a_non_fused_state_resumed_into_a_fused_optimizer_keeps_it_fused():
     assert int(target.state[target.param_groups[0]["params"][0]]["step"]) == 2
 
 
+@pytest.mark.parametrize("step_kind", ["tensor", "int"])
+def test_a_cpu_state_resumed_into_a_fused_optimizer_on_another_device_lands_where_the_kernel_reads(step_kind):
+    """A reference (or CPU) checkpoint resumed by a fused AdamW on a GPU: every state tensor, `step` included, must
+    be on the parameter's device, as the fused kernel reads them. The meta device stands in for the GPU here."""
+    saved = stepped_optimizer(tiny_model(), fused=False).state_dict()  # CPU tensors, the group not fused
+    if step_kind == "int":  # reference checkpoints of older torch versions saved the step as a number
+        saved["state"] = {i: {**v, "step": int(v["step"])} for i, v in saved["state"].items()}
+    model = tiny_model().to("meta")
+    target = build_optimizer(load_config(TINY_CFG), model, 1e-3, fused=False)
+    for group in target.param_groups:  # this run's settings, as build_optimizer makes them on a CUDA device
+        group.update(fused=True, foreach=None)
+    restore_optimizer(target, {"optimizer": saved}, model, "ckpt.pth")
+    for param, state in target.state.items():
+        assert {key: value.device.type for key, value in state.items()} == \
+            {"step": "meta", "exp_avg": "meta", "exp_avg_sq": "meta"}
+        assert state["step"].dtype == torch.float32
+    assert all(group["fused"] is True for group in target.param_groups)
+
+
 def test_optimizer_state_follows_parameter_names_not_positions():
     """A checkpoint whose optimizer listed its parameters in another order lands on the right tensors."""
     model = tiny_model()
