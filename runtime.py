@@ -213,13 +213,19 @@ def launcher_ranks() -> tuple[int, int, int]:
     return rank, world_size, local_rank
 
 
+def slurm_port(job_id: str) -> int:
+    """The rendezvous port of SLURM job `job_id`: 29500 plus the job id modulo 10,000 (ports 29500-39499), so two
+    jobs sharing a node meet at different ports; 29500 where the job id is not a number."""
+    return 29500 + int(job_id) % 10_000 if job_id.isascii() and job_id.isdigit() else 29500
+
+
 def _slurm_rendezvous() -> None:
-    """Under `srun python main.py` without torchrun: meet at the job's first node, port 29500, unless set."""
+    """Under `srun python main.py` without torchrun: meet at the job's first node, at MASTER_PORT or slurm_port."""
     env = os.environ
     nodelist = env.get("SLURM_STEP_NODELIST") or env.get("SLURM_JOB_NODELIST") or env.get("SLURM_NODELIST", "")
     if "MASTER_ADDR" not in env:
         env["MASTER_ADDR"] = _first_slurm_host(nodelist)
-    env.setdefault("MASTER_PORT", "29500")
+    env.setdefault("MASTER_PORT", str(slurm_port(env.get("SLURM_JOB_ID", ""))))
 
 
 def meet_before_exit(timeout_s: float = 60.0) -> None:
@@ -260,6 +266,21 @@ def keep_freed_memory() -> bool:
     return False
 
 
+# How long a rank waits for the others at a collective before the job fails: longer than torch's 10 min for NCCL,
+# since one rank may be alone at work for a while (rank 0 saving a large checkpoint, a rank filling its zip cache).
+COLLECTIVE_TIMEOUT = timedelta(minutes=30)
+
+
+def process_group_options(device: torch.device, rank: int, world_size: int) -> dict:
+    """init_process_group's arguments: NCCL bound to this rank's GPU (`device_id`, so it neither guesses the device
+    nor creates a context on GPU 0) or gloo on a CPU, with COLLECTIVE_TIMEOUT."""
+    options = {"backend": "nccl" if device.type == "cuda" else "gloo", "rank": rank, "world_size": world_size,
+               "timeout": COLLECTIVE_TIMEOUT}
+    if device.type == "cuda":
+        options["device_id"] = device
+    return options
+
+
 def init_runtime(config: CfgNode) -> Runtime:
     """Join the process group torchrun (or srun) describes, if any, and pick device and precision."""
     rank, world_size, local_rank = launcher_ranks()
@@ -274,8 +295,7 @@ def init_runtime(config: CfgNode) -> Runtime:
     if world_size > 1 and not dist.is_initialized():
         if "RANK" not in os.environ:
             _slurm_rendezvous()
-        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo", rank=rank,
-                                world_size=world_size)
+        dist.init_process_group(**process_group_options(device, rank, world_size))
     return Runtime(device, rank, world_size, local_rank, _pick_amp_dtype(config, device))
 
 

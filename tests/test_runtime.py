@@ -198,3 +198,34 @@ def test_the_reference_local_rank_flag_is_taken_and_a_negative_one_refused(monke
     code, out, err = call(main_module.main, ["--cfg", TINY_CFG, "--local_rank", "-1", "--output", str(tmp_path)],
                           capsys)
     assert_one_error_line(code, out, err, "--local_rank is -1")
+
+
+def test_nccl_is_bound_to_the_ranks_gpu_and_every_backend_waits_long_enough():
+    from runtime import COLLECTIVE_TIMEOUT, process_group_options
+
+    gpu = process_group_options(torch.device("cuda", 3), rank=5, world_size=8)
+    assert gpu == {"backend": "nccl", "rank": 5, "world_size": 8, "timeout": COLLECTIVE_TIMEOUT,
+                   "device_id": torch.device("cuda", 3)}
+    cpu = process_group_options(torch.device("cpu"), rank=1, world_size=2)
+    assert cpu["backend"] == "gloo" and "device_id" not in cpu and cpu["timeout"] == COLLECTIVE_TIMEOUT
+    assert COLLECTIVE_TIMEOUT.total_seconds() >= 30 * 60  # NCCL's own default (10 min) fails a long rank-0 save
+
+
+@pytest.mark.parametrize("job_ids, distinct", [(("41", "42", "9041"), True), (("", "x1"), False)])
+def test_slurm_jobs_on_one_node_meet_at_their_own_port(job_ids, distinct, monkeypatch):
+    from runtime import _slurm_rendezvous
+
+    ports = []
+    for job_id in job_ids:
+        for name in ("MASTER_PORT", "MASTER_ADDR"):
+            monkeypatch.delenv(name, raising=False)
+        monkeypatch.setenv("SLURM_JOB_NODELIST", "gpu[003-004]")
+        monkeypatch.setenv("SLURM_JOB_ID", job_id)
+        _slurm_rendezvous()
+        assert os.environ["MASTER_ADDR"] == "gpu003"
+        ports.append(int(os.environ["MASTER_PORT"]))
+    assert all(1024 < port < 65536 for port in ports)
+    assert len(set(ports)) == (len(ports) if distinct else 1)
+    monkeypatch.setenv("MASTER_PORT", "12345")
+    _slurm_rendezvous()
+    assert os.environ["MASTER_PORT"] == "12345"  # a port the job sets wins
