@@ -14,6 +14,7 @@ from config_merge import flags_as_opts, merge_file, merge_opts, merge_stored
 from models import zoo
 from runtime import launcher_ranks
 from utils import ConfigError, load_checkpoint_file
+from weights import local_weights
 
 _ROOT = os.path.dirname(os.path.abspath(__file__))
 
@@ -348,10 +349,9 @@ def config_from_weights(spec: str, flag: str, opts: Iterable[str] = (), payload:
         # (--resume, the tools) have the file's own; fine-tuning (--pretrained) takes the data's.
         classes = [] if flag == "--pretrained" else ["MODEL.NUM_CLASSES", str(entry.num_classes)]
         return load_config(os.path.join(_ROOT, entry.config), [*classes, *opts])
-    if spec.startswith(("http://", "https://")):
-        raise ConfigError(f"{flag} {spec} is a URL outside the model zoo; pass --cfg with the config it was "
-                          "trained with")
-    text = (payload if payload is not None else load_checkpoint_file(spec)).get("config")
+    if payload is None:
+        payload = load_checkpoint_file(local_weights(spec))  # a URL is fetched once, then read from the cache
+    text = payload.get("config")
     if not isinstance(text, str) or not text.strip():
         raise ConfigError(f"{flag} {spec} carries no config (it was not written by this project); pass --cfg with "
                           "the config it was trained with")

@@ -91,24 +91,21 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     return args
 
 
-def run(config: CfgNode) -> dict:
-    """Set up this process and run the mode the config asks for."""
+def run(config: CfgNode, requested: Optional[CfgNode] = None) -> dict:
+    """Set up this process and run the mode `config` asks for; its weights are local files (with_local_weights of
+    the `requested` config, whose zoo names and URLs the log relates to them)."""
     rt = init_runtime(config)
     lock = RunLock(config.OUTPUT)
     try:
         if not config.THROUGHPUT_MODE:  # a training or evaluation holds its folder before its first log line there
             rt.agreed(lambda: lock.acquire() if rt.is_main else None)
-        # One download per node (its local rank 0); the other ranks then read the cache.
-        local = rt.agreed(lambda: with_local_weights(config) if rt.local_rank == 0 else None)
-        local = local or with_local_weights(config)
         logger = create_logger(config.OUTPUT, rt.rank)
         logger.info(f"{rt.describe()}; output {config.OUTPUT}")
         for note in reference_only_notes(config):
             logger.info(note)
         for key in ("PRETRAINED", "RESUME"):
-            if local.MODEL[key] != config.MODEL[key]:
-                logger.info(f"--{key.lower()} {config.MODEL[key]}: {local.MODEL[key]}")
-        config = local
+            if requested is not None and requested.MODEL[key] != config.MODEL[key]:
+                logger.info(f"--{key.lower()} {requested.MODEL[key]}: {config.MODEL[key]}")
         seed_everything(config.SEED + rt.rank)
         if config.THROUGHPUT_MODE:
             return run_throughput(config, rt, logger)
@@ -143,15 +140,18 @@ def _launched_as() -> tuple[int, int]:
 def _run_main(args: argparse.Namespace, is_rank0: bool) -> int:
     world_size = launcher_ranks()[1]  # launcher variables that describe no process are the first mistake to report
     try:
-        config = get_config(args)
+        requested = get_config(args)
+        # Weights are fetched before any process group exists, so no rank waits in a collective on a download; the
+        # ranks of a node download once (weights.local_weights).
+        config = with_local_weights(requested)
     except UserError as err:
-        err.agreed = True  # every rank reads the same flags and files
+        err.agreed = True  # every rank reads the same flags and files, and fetches the same weights
         if world_size > 1:
             announce_user_error(err, show=is_rank0)
             meet_before_exit()
         raise
     try:
-        run(config)
+        run(config, requested)
     except Interrupted as stop:
         if is_rank0:
             tell(f"interrupted: {stop}")

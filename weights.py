@@ -8,6 +8,7 @@ and a zip checkpoint's CRCs check out. Nothing partial or corrupt is ever left w
 would pick it up.
 """
 
+import fcntl
 import hashlib
 import http.client
 import os
@@ -23,7 +24,7 @@ from tqdm import tqdm
 from yacs.config import CfgNode
 
 from models import zoo
-from utils import CheckpointError, UserError, write_atomically
+from utils import CheckpointError, UserError, load_checkpoint_file, write_atomically
 
 _CHUNK_BYTES = 1 << 20
 _TIMEOUT_S = 60
@@ -33,10 +34,18 @@ def is_url(spec: str) -> bool:
     return spec.startswith(("http://", "https://"))
 
 
+def _url_file_name(url: str) -> str:
+    return os.path.basename(urllib.parse.urlparse(url).path) or "download.pth"
+
+
 def cache_path(url: str) -> str:
-    """Where the file of `url` is kept: the torch hub cache, under the URL's file name."""
-    name = os.path.basename(urllib.parse.urlparse(url).path) or "download.pth"
-    return os.path.join(torch.hub.get_dir(), "checkpoints", name)
+    """Where the file of `url` is kept, one file per URL: a published zoo file under its own name in the torch hub
+    cache (the name torch.hub and timm give it), any other URL in a folder named by a hash of the whole URL, query
+    included, so that two URLs ending in the same file name never share a download."""
+    folder = os.path.join(torch.hub.get_dir(), "checkpoints")
+    if zoo.find(url) is None:
+        folder = os.path.join(folder, "url-" + hashlib.sha256(url.encode("utf-8")).hexdigest()[:16])
+    return os.path.join(folder, _url_file_name(url))
 
 
 def source_url(spec: str) -> str:
@@ -57,14 +66,32 @@ def local_weights(spec: str, show_progress: bool = True) -> str:
         return spec
     path = cache_path(url)
     if not os.path.isfile(path):
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        write_atomically(path, lambda tmp: _download(url, tmp, path, show_progress))
+        _download_once(url, path, show_progress)
     return path
 
 
+def _download_once(url: str, path: str, show_progress: bool) -> None:
+    """Download `url` to `path` once per machine: the first process holds a lock on the cache folder while it
+    downloads, and the others (the ranks of a job on this node) wait for it, then find the file in place."""
+    folder = os.path.dirname(path)
+    os.makedirs(folder, exist_ok=True)
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError:
+            pass  # a file system without flock on folders: each process downloads, and the last whole file stays
+        if not os.path.isfile(path):
+            write_atomically(path, lambda tmp: _download(url, tmp, path, show_progress))
+    finally:
+        os.close(fd)
+
+
 def _expected_hash_prefix(path: str) -> str:
+    """The SHA-256 prefix a `name-<hash>.pth` file name promises (torch.hub's convention): 8 to 64 hex digits with
+    at least one letter, so that a date or version (`name-20240101.pth`) is not taken for one."""
     match = re.search(r"-([0-9a-f]{8,64})\.[A-Za-z]+$", os.path.basename(path))
-    return match.group(1) if match else ""
+    return match.group(1) if match and re.search(r"[a-f]", match.group(1)) else ""
 
 
 def _download(url: str, tmp: str, path: str, show_progress: bool) -> None:
@@ -98,12 +125,17 @@ def _download(url: str, tmp: str, path: str, show_progress: bool) -> None:
 
 
 def _check_archive(tmp: str, url: str, by_hand: str) -> None:
-    """A torch zip checkpoint whose members all pass their CRC check (the legacy format is taken as it is)."""
+    """A torch zip checkpoint whose members all pass their CRC check, or a legacy-format one that reads in full."""
     if not zipfile.is_zipfile(tmp):
         with open(tmp, "rb") as f:
             head = f.read(2)
         if head != b"\x80\x02":  # torch's legacy pickle format starts with a protocol-2 pickle
             raise CheckpointError(f"download of {url} is not a PyTorch checkpoint; {by_hand}")
+        try:
+            load_checkpoint_file(tmp)  # the legacy format has no checksums: only reading it all finds a cut
+        except CheckpointError:
+            raise CheckpointError(f"download of {url} is not a whole PyTorch checkpoint (cut short or damaged); "
+                                  f"rerun to try again, or {by_hand}") from None
         return
     try:
         with zipfile.ZipFile(tmp) as archive:

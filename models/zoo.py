@@ -40,7 +40,10 @@ def entries() -> tuple[ZooEntry, ...]:
 
 
 def find(spec: str) -> Optional[ZooEntry]:
-    """The entry `spec` names: a zoo name (with or without `.pth`) or one of the zoo's URLs."""
+    """The entry `spec` names: a zoo name (with or without `.pth`) or one of the zoo's URLs; None for a path that
+    exists, which is the file the user means even when its name is a zoo name."""
+    if os.path.exists(spec):
+        return None
     name = spec[:-4] if spec.endswith(".pth") else spec
     return next((e for e in entries() if name == e.name or spec == e.url), None)
 

@@ -14,7 +14,15 @@ import pytest
 import timm
 import torch
 import torchvision
-from conftest import ROOT, SHARED, TINY_CFG, assert_torchrun_user_error, requires_shared, run_main
+from conftest import (
+    ROOT,
+    SHARED,
+    TINY_CFG,
+    assert_torchrun_user_error,
+    assert_user_error,
+    requires_shared,
+    run_main,
+)
 
 import weights
 from checkpoint import load_pretrained
@@ -71,11 +79,13 @@ def tiny_checkpoint(tmp_path):
 
 
 def cached_files(torch_home) -> list[str]:
+    """The names of the files in the torch hub cache, in its subfolders too."""
     folder = os.path.join(torch_home, "hub", "checkpoints")
-    return sorted(os.listdir(folder)) if os.path.isdir(folder) else []
+    return sorted(name for _, _, names in os.walk(folder) for name in names)
 
 
-def test_a_url_is_downloaded_once_with_progress_then_read_from_the_cache(server, tiny_checkpoint, tmp_path):
+def test_a_url_is_downloaded_once_with_progress_then_read_from_the_cache(server, tiny_checkpoint, tmp_path,
+                                                                          monkeypatch):
     _, body = tiny_checkpoint
     server.routes[ZOO_PATH + "swin_tiny_test.pth"] = (200, body, None)
     url, home = server.url(ZOO_PATH + "swin_tiny_test.pth"), str(tmp_path / "torch_home")
@@ -84,7 +94,8 @@ def test_a_url_is_downloaded_once_with_progress_then_read_from_the_cache(server,
     assert first.returncode == 0, first.stderr[-2000:]
     assert f"downloading {url}" in first.stderr and "100%" in first.stderr
     assert cached_files(home) == ["swin_tiny_test.pth"]
-    with open(os.path.join(home, "hub", "checkpoints", "swin_tiny_test.pth"), "rb") as f:
+    monkeypatch.setenv("TORCH_HOME", home)
+    with open(weights.cache_path(url), "rb") as f:
         assert f.read() == body
     second = run_main(*args, env={"TORCH_HOME": home})
     assert second.returncode == 0, second.stderr[-2000:]
@@ -111,7 +122,9 @@ def test_a_failed_download_is_one_line_and_leaves_nothing_in_the_cache(failure, 
     errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
     assert result.returncode == 2 and len(errors) == 1, result.stderr[-2000:]
     assert "Traceback" not in result.stderr
-    expected_path = os.path.join(str(home), "hub", "checkpoints", name)
+    monkeypatch.setenv("TORCH_HOME", str(home))
+    expected_path = weights.cache_path(url)
+    assert expected_path.startswith(os.path.join(str(home), "hub", "checkpoints")) and expected_path.endswith(name)
     assert url in errors[0] and expected_path in errors[0], errors[0]
     assert {"cut transfer": "stopped after", "404": "HTTP 404", "wrong hash": "SHA-256",
             "not a checkpoint": "not a PyTorch checkpoint", "offline": "offline?"}[failure] in errors[0]
@@ -124,7 +137,78 @@ def test_a_file_whose_hash_matches_its_name_is_kept(server, tiny_checkpoint, tmp
     server.routes[ZOO_PATH + name] = (200, body, None)
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
     path = weights.local_weights(server.url(ZOO_PATH + name), show_progress=False)
-    assert path == os.path.join(str(tmp_path), "hub", "checkpoints", name) and open(path, "rb").read() == body
+    assert os.path.basename(path) == name and open(path, "rb").read() == body
+
+
+@pytest.mark.parametrize("name", ["tiny-20240101.pth", "tiny-12345678.pth"])
+def test_a_date_or_version_in_a_file_name_is_not_taken_for_a_hash(name, server, tiny_checkpoint, tmp_path,
+                                                                   monkeypatch):
+    _, body = tiny_checkpoint
+    server.routes[ZOO_PATH + name] = (200, body, None)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    path = weights.local_weights(server.url(ZOO_PATH + name), show_progress=False)
+    assert open(path, "rb").read() == body
+
+
+def test_urls_that_differ_anywhere_are_cached_apart_and_each_gives_its_own_weights(server, tmp_path, monkeypatch):
+    """Two URLs ending in the same file name (another query, another folder) never share a download."""
+    bodies = {}
+    for seed, route in enumerate(["/a/tiny.pth?v=1", "/a/tiny.pth?v=2", "/b/tiny.pth"]):
+        torch.manual_seed(seed)
+        target = tmp_path / f"w{seed}.pth"
+        torch.save({"model": {"w": torch.randn(3)}}, target)
+        bodies[route] = target.read_bytes()
+        server.routes[route] = (200, bodies[route], None)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "home"))
+    paths = {route: weights.local_weights(server.url(route), show_progress=False) for route in bodies}
+    assert len(set(paths.values())) == 3
+    for route, path in paths.items():
+        assert open(path, "rb").read() == bodies[route], route
+    assert all(os.path.basename(p) == "tiny.pth" for p in paths.values()) and len(server.requests) == 3
+    entry = zoo.entries()[0]  # published files keep the name torch.hub and timm give them
+    assert weights.cache_path(entry.url) == os.path.join(str(tmp_path / "home"), "hub", "checkpoints",
+                                                         os.path.basename(entry.url))
+
+
+def test_a_cut_legacy_format_download_is_refused_and_not_kept(server, tmp_path, monkeypatch):
+    """torch's legacy (non-zip) format has no checksums: a transfer cut short without a length must still be
+    refused, not cached."""
+    target = tmp_path / "legacy.pth"
+    torch.save({"model": {"w": torch.randn(64, 64)}}, target, _use_new_zipfile_serialization=False)
+    body = target.read_bytes()
+    server.routes["/legacy.pth"] = (200, body[: len(body) - 100], len(body) - 100)  # the server sends less, honestly
+    server.routes["/whole.pth"] = (200, body, None)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "home"))
+    with pytest.raises(weights.CheckpointError, match="not a whole PyTorch checkpoint"):
+        weights.local_weights(server.url("/legacy.pth"), show_progress=False)
+    assert cached_files(str(tmp_path / "home")) == []
+    assert open(weights.local_weights(server.url("/whole.pth"), show_progress=False), "rb").read() == body
+
+
+def test_a_file_named_like_a_zoo_entry_is_the_file(tmp_path, monkeypatch):
+    """--resume NAME.pth where a file of that name exists: the file, its own config, never the zoo's weights."""
+    name = "swin_tiny_patch4_window7_224.pth"
+    torch.manual_seed(0)
+    config = load_config(TINY_CFG)
+    torch.save({"model": build_model(config).state_dict(), "config": config.dump()}, tmp_path / name)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "home"))
+    assert zoo.find(name) is None and weights.local_weights(name) == name
+    assert config_from_weights(name, "--resume").MODEL.SWIN.EMBED_DIM == config.MODEL.SWIN.EMBED_DIM
+    assert zoo.find(name[:-4]) is not None  # the bare name, which is no file here, is still the zoo's
+
+
+def test_without_cfg_a_url_to_a_checkpoint_of_ours_brings_its_config_and_a_typo_gets_a_suggestion(server, tmp_path):
+    torch.manual_seed(0)
+    config = load_config(TINY_CFG)
+    target = tmp_path / "ours.pth"
+    torch.save({"model": build_model(config).state_dict(), "config": config.dump()}, target)
+    server.routes["/ours.pth"] = (200, target.read_bytes(), None)
+    env = {"TORCH_HOME": str(tmp_path / "home")}
+    done = run_main("--eval", "--resume", server.url("/ours.pth"), "--output", str(tmp_path / "out"), env=env)
+    assert done.returncode == 0 and "eval on" in done.stdout, done.stderr[-2000:]
+    typo = run_main("--eval", "--resume", "swin_tiny_patch4_window7_22", "--output", str(tmp_path / "out"), env=env)
+    assert_user_error(typo, "swin_tiny_patch4_window7_22", "did you mean swin_tiny_patch4_window7_224?")
 
 
 @requires_shared("reference/model_zoo.tsv")
@@ -227,5 +311,5 @@ def test_two_ranks_download_once_and_a_failed_download_is_one_line_from_rank_0(s
     assert result.returncode == 0, result.stderr[-3000:]
     assert server.requests == [ZOO_PATH + "tiny.pth"] and cached_files(home) == ["tiny.pth"]
     missing = torchrun(server.url(ZOO_PATH + "gone.pth"))
-    assert_torchrun_user_error(missing, "HTTP 404", os.path.join(home, "hub", "checkpoints", "gone.pth"))
+    assert_torchrun_user_error(missing, "HTTP 404", os.path.join(home, "hub", "checkpoints"), "gone.pth")
     assert cached_files(home) == ["tiny.pth"]
