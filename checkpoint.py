@@ -9,7 +9,7 @@ import torch
 from torch import nn
 from yacs.config import CfgNode
 
-from checkpoint_entries import check_entries, malformed_entry, model_state_from, tensor_problem
+from checkpoint_entries import check_entries, entry_of, malformed_entry, model_state_from, tensor_problem
 from models.convert import (
     detect_layout,
     from_simmim,
@@ -81,25 +81,32 @@ def reference_state(payload: dict, path: str, logger: Optional[logging.Logger]) 
     return state, layout
 
 
-def load_pretrained(model: nn.Module, path: str, logger: logging.Logger) -> None:
-    """Fine-tuning start: weights adapted to the model's window, size and classes; nothing else restored.
+def load_pretrained(model: nn.Module, path: str, logger: logging.Logger,
+                    class_names: Optional[list[str]] = None) -> set[str]:
+    """Fine-tuning start: weights adapted to the model's window, size and classes; nothing else restored. Returns
+    the names of the tensors that start from scratch.
 
-    A SimMIM pre-training file gives its encoder; a SimMIM model takes the weights into its encoder,
-    and its decoder and mask token start afresh.
+    `class_names` are the data's classes: a checkpoint that names its own (one written here) gives its head rows by
+    name. A SimMIM pre-training file gives its encoder; a SimMIM model takes the weights into its encoder, and its
+    decoder and mask token start afresh.
     """
-    state, layout = reference_state(load_checkpoint_file(path), path, logger)
+    payload = load_checkpoint_file(path)
+    saved_names = entry_of(payload, path, "class_names")
+    names = (saved_names, class_names) if saved_names and class_names else None
+    state, layout = reference_state(payload, path, logger)
     if layout == "simmim":
         state = from_simmim(state)
         logger.info(f"{path} is SimMIM pre-training: took its encoder (the encoder. prefix stripped), left out its "
                     "decoder and mask token")
     receiver = model.encoder if isinstance(model, SimMIM) else model
-    state = adapt_state_dict(state, receiver, logger)
+    state = adapt_state_dict(state, receiver, logger, names)
     target = receiver.state_dict()
     fresh = {k for k in ("head.weight", "head.bias", "mask_token") if k in target and k not in state}
     state.update({k: target[k] for k in fresh})
     load_weights(receiver, state, path, "it is from another architecture; pick the config it was trained with")
     started = f"; {', '.join(sorted(fresh))} start from scratch" if fresh else ""
     logger.info(f"loaded pretrained weights from {path}{started}")
+    return fresh
 
 
 def optimizer_param_names(model: nn.Module, optimizer: torch.optim.Optimizer) -> list[str]:

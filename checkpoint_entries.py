@@ -131,6 +131,12 @@ def malformed_entry(path: str, entry: str, what: str) -> CheckpointError:
                            "or take its weights alone with main.py --pretrained")
 
 
+def entry_of(payload: dict, path: str, entry: str) -> object:
+    """`payload[entry]` (None where absent), checked as check_entries checks it, for a reader that needs one entry."""
+    check_entries({entry: payload[entry]} if entry in payload else {}, path)
+    return payload.get(entry)
+
+
 def check_entries(payload: dict, path: str) -> None:
     """One CheckpointError naming the first entry this tool reads (progress, optimizer, class names, EMA) that does
     not hold what it should."""

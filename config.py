@@ -5,6 +5,7 @@ unchanged; config_merge merges them strictly (one line per mistake) and config_c
 """
 
 import os
+import re
 from typing import Any, Iterable, Optional
 
 from yacs.config import CfgNode as CN
@@ -315,7 +316,7 @@ def load_stored_config(text: str, source: str, opts: Iterable[str] = (), for_fin
     """The config a checkpoint of this project carries, with `opts` on top; OUTPUT back to its root folder.
 
     `for_finetuning` (--pretrained): a new run on new data, so the data source is the user's to give
-    (--data-path), and the run gets its own folder (tag `finetune`), never the one it starts from.
+    (--data-path), and the run gets its own folder (finetune_tag), never the one it starts from.
     """
     cfg = default_config()
     merge_stored(cfg, text, source)
@@ -334,8 +335,15 @@ def load_stored_config(text: str, source: str, opts: Iterable[str] = (), for_fin
         for key in ("DATASET", "DATA_PATH", "ZIP_MODE", "CACHE_MODE"):
             cfg.DATA[key] = _C.DATA[key]
         cfg.MODEL.NUM_CLASSES = _C.MODEL.NUM_CLASSES  # the new data's
-        cfg.TAG = "finetune"
+        cfg.TAG = finetune_tag(cfg.TAG)
     return _finish(cfg, opts)
+
+
+def finetune_tag(source_tag: str) -> str:
+    """The tag of a fine-tune from a run tagged `source_tag`: `finetune`, and from a fine-tune the next number
+    (`finetune_2`, `finetune_3`, ...), so a fine-tune never lands in the folder of the run it starts from."""
+    match = re.fullmatch(r"finetune(?:_(\d+))?", source_tag)
+    return f"finetune_{int(match.group(1) or 1) + 1}" if match else "finetune"
 
 
 def config_from_weights(spec: str, flag: str, opts: Iterable[str] = (), payload: Optional[dict] = None) -> CN:
@@ -398,6 +406,20 @@ def get_config(args: Any) -> CN:
     if flag is not None and flag < 0:
         raise ConfigError(f"--local_rank is {flag}; a local rank is a whole number from 0 (the launcher sets it)")
     cfg.LOCAL_RANK = launcher_ranks()[2] if "LOCAL_RANK" in os.environ or flag is None else flag
-    cfg.OUTPUT = os.path.join(cfg.OUTPUT, cfg.MODEL.NAME, cfg.TAG)
+    root = cfg.OUTPUT
+    cfg.OUTPUT = os.path.join(root, cfg.MODEL.NAME, cfg.TAG)
+    if _in_folder(cfg.MODEL.PRETRAINED, cfg.OUTPUT) and not (cfg.EVAL_MODE or cfg.THROUGHPUT_MODE):
+        tag_is_ours = not (args.cfg or args.tag or "TAG" in (args.opts or ())[::2])
+        if not tag_is_ours:
+            raise ConfigError(f"--pretrained {cfg.MODEL.PRETRAINED} lies in {cfg.OUTPUT}, the output folder of this "
+                              "run, which would resume that run instead of starting from its weights; pass --tag "
+                              "NAME to fine-tune in a folder of its own")
+        cfg.TAG = finetune_tag(cfg.TAG)  # the source lies in that folder (moved there): the next one over
+        cfg.OUTPUT = os.path.join(root, cfg.MODEL.NAME, cfg.TAG)
     cfg.freeze()
     return cfg
+
+
+def _in_folder(path: str, folder: str) -> bool:
+    """Whether `path` is an existing file directly in `folder`."""
+    return bool(path) and os.path.isfile(path) and os.path.dirname(os.path.realpath(path)) == os.path.realpath(folder)

@@ -20,12 +20,15 @@ from utils import ConfigError, UserError, output_folder_error, save_text, traini
 # Keys that change how a run is executed or recorded, not what it trains; a rerun may change them freely.
 _FREE_KEYS = {
     "OUTPUT", "TAG", "PRINT_FREQ", "SAVE_FREQ", "TRAIN.SAVE_STEPS", "TRAIN.KEEP_CHECKPOINTS", "TRAIN.AUTO_RESUME",
-    "TRAIN.MAX_NONFINITE", "TRAIN.USE_CHECKPOINT", "MODEL.RESUME", "MODEL.PRETRAINED", "MODEL.ATTN_IMPL",
+    "TRAIN.MAX_NONFINITE", "TRAIN.USE_CHECKPOINT", "MODEL.RESUME", "MODEL.ATTN_IMPL",
     "DATA.NUM_WORKERS", "DATA.PIN_MEMORY", "DATA.DECODE_ERRORS", "DEVICE", "AMP_ENABLE", "AMP_DTYPE", "ENABLE_AMP",
     "AMP_OPT_LEVEL", "COMPILE", "EVAL_MODE", "THROUGHPUT_MODE", "LOCAL_RANK", "FUSED_WINDOW_PROCESS",
     "FUSED_LAYERNORM", "TEST.CROP", "TEST.SEQUENTIAL", "TEST.SHUFFLE", "TEST.COMPILE", "ALLOW_TF32",
     "DATA.TRANSFORM_BACKEND", "TRAIN.ONEDNN_LINEAR",
 }
+# What a new run starts from (MODEL.PRETRAINED) is a training setting: a rerun from other weights is another run. An
+# explicit --resume takes its weights from the checkpoint, so there the pretrained weights are not read at all.
+_FREE_WHEN_RESUMED = {"MODEL.PRETRAINED"}
 # Keys that decide which images make up each step: a checkpoint written inside an epoch resumes only with them equal.
 ARRANGEMENT_KEYS = ("DATA.BATCH_SIZE", "TRAIN.ACCUMULATION_STEPS", "DATA.ZIP_MODE", "DATA.CACHE_MODE", "SEED")
 
@@ -46,8 +49,9 @@ def settings_differences(stored_text: str, config: CfgNode, stored_world: int, w
     except (yaml.YAMLError, RecursionError):  # text that is no config compares as none
         stored = {}
     current = _flatten(config)
+    free = _FREE_KEYS | (_FREE_WHEN_RESUMED if config.MODEL.RESUME else set())
     differences = {key: (stored.get(key), value) for key, value in current.items()
-                   if key not in _FREE_KEYS and key in stored and stored[key] != value}
+                   if key not in free and key in stored and stored[key] != value}
     if stored_world and stored_world != world_size:
         differences["processes"] = (stored_world, world_size)
     return differences

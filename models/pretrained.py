@@ -1,12 +1,14 @@
 """Adapt published weights to a model of another window, size or class count, for fine-tuning.
 
 Relative position bias tables and the absolute position embedding are resized bicubically;
-a 21841-class ImageNet-22k head becomes a 1000-class head by picking the rows of the 1k
-classes; any other class-count mismatch leaves the new head at its initialisation.
+a head whose classes the checkpoint names is mapped to the data's classes by name; a 21841-class
+ImageNet-22k head becomes a 1000-class head by picking the rows of the 1k classes; any other
+class-count mismatch leaves the new head at its initialisation.
 """
 
 import logging
 from functools import lru_cache
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -51,7 +53,30 @@ def resize_position_embedding(embed: torch.Tensor, new_tokens: int) -> torch.Ten
     return grid.permute(0, 2, 3, 1).reshape(1, new_side * new_side, -1)  # 1, S'*S', C
 
 
-def _adapt_head(state: dict, target: dict, logger: logging.Logger) -> None:
+def _head_by_name(state: dict, names: tuple[list[str], list[str]], new: int, logger: logging.Logger) -> bool:
+    """Rows of a head whose classes the checkpoint names, picked by name for the data's classes (same classes in
+    another order, or some of them); the head is dropped, to start from scratch, when the data has a class the
+    checkpoint does not know. False where the names do not describe the two heads, to adapt by size instead."""
+    saved, wanted = names
+    old = state["head.weight"].shape[0]
+    if len(saved) != old or len(wanted) != new:
+        return False
+    row_of = {name: row for row, name in enumerate(saved)}
+    unknown = [name for name in wanted if name not in row_of]
+    if unknown:
+        del state["head.weight"], state["head.bias"]
+        logger.info(f"head.weight, head.bias: the data has class {unknown[0]!r}, which the checkpoint's {old} classes "
+                    "do not include; the head starts from scratch")
+        return True
+    rows = [row_of[name] for name in wanted]
+    if rows != list(range(old)):
+        state["head.weight"], state["head.bias"] = state["head.weight"][rows], state["head.bias"][rows]
+        logger.info(f"head.weight, head.bias: took the checkpoint's rows for the data's {new} classes by name")
+    return True
+
+
+def _adapt_head(state: dict, target: dict, logger: logging.Logger,
+                names: Optional[tuple[list[str], list[str]]]) -> None:
     if "head.weight" not in state or "head.weight" not in target:
         state.pop("head.weight", None)
         state.pop("head.bias", None)
@@ -60,6 +85,8 @@ def _adapt_head(state: dict, target: dict, logger: logging.Logger) -> None:
     if bias is None or weight.dim() != 2 or bias.shape != weight.shape[:1]:
         return  # not a linear classifier's pair: the fit check names what does not fit
     old, new = weight.shape[0], target["head.weight"].shape[0]
+    if names is not None and _head_by_name(state, names, new, logger):
+        return
     if old == new:
         return
     if old == _IMAGENET22K_CLASSES and new == _IMAGENET1K_CLASSES:
@@ -80,8 +107,13 @@ def _is_grid(shape: torch.Size, wanted: torch.Size, axis: int) -> bool:
     return all(n > 0 and round(n**0.5) ** 2 == n for n in (shape[axis], wanted[axis]))
 
 
-def adapt_state_dict(state: dict, model: nn.Module, logger: logging.Logger) -> dict:
-    """`state` reshaped to fit `model`: derived buffers dropped, tables and embeddings resized, head mapped."""
+def adapt_state_dict(state: dict, model: nn.Module, logger: logging.Logger,
+                     class_names: Optional[tuple[list[str], list[str]]] = None) -> dict:
+    """`state` reshaped to fit `model`: derived buffers dropped, tables and embeddings resized, head mapped.
+
+    `class_names` (the checkpoint's classes, the data's), where both are known, map the head by name: a head kept by
+    size alone would answer in the checkpoint's class order while the data numbers its classes otherwise.
+    """
     target = model.state_dict()
     state = {k: v for k, v in state.items() if not k.endswith(DERIVED_BUFFERS)}
     for key, value in list(state.items()):
@@ -96,5 +128,5 @@ def adapt_state_dict(state: dict, model: nn.Module, logger: logging.Logger) -> d
         else:
             continue  # a shape no resizing explains: the fit check names it
         logger.info(f"resized {key} {tuple(value.shape)} -> {tuple(target[key].shape)} (bicubic)")
-    _adapt_head(state, target, logger)
+    _adapt_head(state, target, logger, class_names)
     return state

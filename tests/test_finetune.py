@@ -5,7 +5,7 @@ import os
 
 import pytest
 import torch
-from conftest import ROOT, TINY_CFG, run_main
+from conftest import ROOT, TINY_CFG, assert_user_error, run_main
 
 from config import load_config
 from engine import ModelEma
@@ -13,6 +13,7 @@ from lr_scheduler import ScaledLrs, build_scheduler
 from models import build_model
 from models.freeze import freeze
 from optimizer import build_optimizer
+from utils import ConfigError
 
 # Swin-T has depths 2, 2, 6, 2: 12 blocks, so layers 0 (embedding) to 13 (head). Expected layers written out by hand.
 SWIN_T_LAYERS = {
@@ -114,3 +115,80 @@ def test_every_update_runs_at_the_schedules_rate_for_its_index(tmp_path):
         expected = cosine_lr(step, config.TRAIN.BASE_LR * scale, config.TRAIN.WARMUP_LR * scale,
                              config.TRAIN.MIN_LR * scale, per_epoch, 2 * per_epoch)
         assert lrs[step] == pytest.approx(expected, rel=1e-6), step  # the head's rate: layer decay leaves it be
+
+
+def _tiny_weights(path, seed: int, **entries) -> str:
+    torch.manual_seed(seed)
+    torch.save({"model": build_model(load_config(TINY_CFG)).state_dict(), **entries}, path)
+    return str(path)
+
+
+def test_a_rerun_from_other_pretrained_weights_is_another_run_not_a_finished_one(tmp_path):
+    """MODEL.PRETRAINED is a training setting: the same command resumes (here: is finished), other weights or none
+    are refused in one line, and an explicit --resume of the run may name any (its weights are the checkpoint's)."""
+    first, second = _tiny_weights(tmp_path / "a.pth", 0), _tiny_weights(tmp_path / "b.pth", 1)
+    one_epoch = ("--output", str(tmp_path / "out"), "--opts", "TRAIN.EPOCHS", "1", "TRAIN.WARMUP_EPOCHS", "0")
+    assert run_main("--cfg", TINY_CFG, "--pretrained", first, *one_epoch).returncode == 0
+    again = run_main("--cfg", TINY_CFG, "--pretrained", first, *one_epoch)
+    assert again.returncode == 0 and "is finished" in again.stdout, again.stderr[-2000:]
+    for other in (("--pretrained", second), ()):
+        refused = run_main("--cfg", TINY_CFG, *other, *one_epoch)
+        changed = f"MODEL.PRETRAINED {first} -> {second if other else ''}"
+        assert_user_error(refused, "trained with other settings", changed, "--tag")
+    checkpoint = str(tmp_path / "out" / "swin_tiny_test" / "default" / "ckpt_epoch_0.pth")
+    resumed = run_main("--cfg", TINY_CFG, "--pretrained", second, "--resume", checkpoint, *one_epoch)
+    assert resumed.returncode == 0 and "is finished" in resumed.stdout, resumed.stderr[-2000:]
+
+
+def _config_of(*argv: str):
+    import main
+    from config import get_config
+
+    return get_config(main.parse_args(list(argv)))
+
+
+def test_a_fine_tune_never_starts_in_the_folder_of_its_pretrained_weights(tmp_path):
+    from config import finetune_tag
+
+    assert [finetune_tag(t) for t in ("default", "finetune", "finetune_2", "finetune_x", "my_finetune")] == \
+        ["finetune", "finetune_2", "finetune_3", "finetune", "finetune"]
+    for tag in ("default", "finetune", "finetune_2"):  # a run, a fine-tune of it, a fine-tune of that
+        stored = load_config(TINY_CFG, ("TAG", tag, "OUTPUT", os.path.join(str(tmp_path), "swin_tiny_test", tag)))
+        folder = tmp_path / "swin_tiny_test" / tag
+        folder.mkdir(parents=True)
+        source = _tiny_weights(folder / "ckpt_epoch_1.pth", 0, config=stored.dump())
+        config = _config_of("--pretrained", source, "--data-path", str(tmp_path))
+        assert config.OUTPUT == str(tmp_path / "swin_tiny_test" / finetune_tag(tag)), tag
+    moved = tmp_path / "swin_tiny_test" / "finetune" / "moved_here.pth"  # stored as a run tagged default
+    stored = load_config(TINY_CFG, ("OUTPUT", os.path.join(str(tmp_path), "swin_tiny_test", "default")))
+    _tiny_weights(moved, 0, config=stored.dump())
+    assert _config_of("--pretrained", str(moved), "--data-path", str(tmp_path)).OUTPUT == \
+        str(tmp_path / "swin_tiny_test" / "finetune_2")
+    inside = str(tmp_path / "swin_tiny_test" / "default" / "ckpt_epoch_1.pth")
+    for argv in (("--cfg", TINY_CFG, "--output", str(tmp_path)), ("--tag", "default", "--data-path", str(tmp_path))):
+        with pytest.raises(ConfigError, match="lies in .*output folder of this run.*--tag"):
+            _config_of(*argv, "--pretrained", inside)
+    assert _config_of("--cfg", TINY_CFG, "--output", str(tmp_path), "--pretrained", inside, "--eval").EVAL_MODE
+
+
+@pytest.mark.parametrize("data_names, rows", [(list("abcd"), [0, 1, 2, 3]), (list("dcba"), [3, 2, 1, 0]),
+                                              (list("cadb"), [2, 0, 3, 1]), (list("bd"), [1, 3]),
+                                              (list("abcz"), None), (None, [0, 1, 2, 3])])
+def test_a_pretrained_head_that_names_its_classes_is_mapped_to_the_datas_by_name(data_names, rows, tmp_path):
+    """A checkpoint of ours names its classes: its head rows follow the data's class order (the folder's sorted
+    names), the same head in the checkpoint's order would answer for other classes; a class it does not know
+    starts the head from scratch, and the caller is told so."""
+    import logging
+
+    from checkpoint import load_pretrained
+
+    source = build_model(load_config(TINY_CFG, ("MODEL.NUM_CLASSES", "4")))
+    torch.save({"model": source.state_dict(), "class_names": list("abcd")}, tmp_path / "named.pth")
+    target = build_model(load_config(TINY_CFG, ("MODEL.NUM_CLASSES", str(len(data_names or "abcd")))))
+    fresh = load_pretrained(target, str(tmp_path / "named.pth"), logging.getLogger("test"), data_names)
+    if rows is None:
+        assert fresh == {"head.weight", "head.bias"}
+        return
+    assert fresh == set()
+    torch.testing.assert_close(target.head.weight, source.head.weight[rows], atol=0, rtol=0)
+    torch.testing.assert_close(target.head.bias, source.head.bias[rows], atol=0, rtol=0)
