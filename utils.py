@@ -6,6 +6,7 @@ everything else is a bug and keeps its traceback.
 
 import contextlib
 import errno
+import fnmatch
 import glob
 import logging
 import os
@@ -147,12 +148,26 @@ def require_folder_of(path: str) -> None:
         raise UserError(f"cannot write {path}: folder {folder} is read-only or not yours to write; pick another path")
 
 
+# What a run keeps in its output folder (the one with its config.yaml) beside its checkpoints: its records, which a
+# tool's output never replaces.
+RUN_RECORDS = ("config.yaml", "config_until_epoch_*.yaml", "metrics.jsonl", "log_rank*.txt", "*_per_class.json",
+               "*_confusion.png")
+
+
+def _is_run_record(path: str) -> bool:
+    folder, name = os.path.split(os.path.abspath(path))
+    return os.path.isfile(os.path.join(folder, "config.yaml")) and any(fnmatch.fnmatch(name, p) for p in RUN_RECORDS)
+
+
 def require_output(path: str, inputs: Iterable[Optional[str]] = ()) -> None:
-    """A tool's output check: `path` can be written (require_folder_of), and is neither one of the command's
-    `inputs` nor a training checkpoint, which a tool's result must never replace."""
+    """A tool's output check: `path` can be written (require_folder_of), and is none of the command's `inputs`, a
+    training checkpoint or a run's record (RUN_RECORDS), which a tool's result must never replace."""
     require_folder_of(path)
     if not os.path.exists(path):
         return
+    if _is_run_record(path):
+        raise UserError(f"cannot write {path}: it is a record of the training run in that folder, which this would "
+                        "replace; write the result under another name")
     for given in inputs:
         if given and os.path.exists(given) and os.path.samefile(path, given):
             raise UserError(f"cannot write {path}: it is an input of this command ({given}); write the result "

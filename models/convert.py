@@ -11,6 +11,7 @@ import re
 import torch
 
 from models.pretrained import DERIVED_BUFFERS
+from models.window_ops import relative_position_index
 
 StateDict = dict[str, torch.Tensor]
 SIMMIM_ENCODER = "encoder."  # the prefix of the encoder's names in a SimMIM pre-training state
@@ -104,10 +105,33 @@ def _join_qkv_bias(state: StateDict) -> StateDict:
     return out
 
 
+def _with_window_index(state: StateDict) -> StateDict:
+    """`state` with each attention's relative position index, which torchvision's models keep in their state dicts
+    (a file without it does not load there); a state converted from timm's has none. A V1 block's window shows in
+    its bias table ((2W-1)^2 rows), a V2 block's only in its coordinate table (1, 2W-1, 2W-1, 2), which torchvision
+    needs too: a V2 state without it is a ValueError saying so."""
+    out = dict(state)
+    for key, value in state.items():
+        prefix = key.rpartition(".")[0] + "."
+        if key.endswith("attn.relative_position_bias_table"):
+            window = (round(value.shape[0] ** 0.5) + 1) // 2
+        elif key.endswith("attn.relative_coords_table"):
+            window = (value.shape[1] + 1) // 2
+        elif key.endswith("attn.logit_scale") and prefix + "relative_coords_table" not in state:
+            raise ValueError(f"has no {prefix}relative_coords_table, which torchvision's Swin V2 keeps and only the "
+                             "window size tells (timm's files leave it out); convert a checkpoint written by this "
+                             "project, which holds it")
+        else:
+            continue
+        out.setdefault(prefix + "relative_position_index", relative_position_index((window, window)))
+    return out
+
+
 def to_torchvision(state: StateDict) -> StateDict:
-    """Reference V1 or V2 names to torchvision's `swin_t/s/b` / `swin_v2_t/s/b` names."""
+    """Reference V1 or V2 names to torchvision's `swin_t/s/b` / `swin_v2_t/s/b` names, with the index buffers that
+    torchvision's state dicts hold."""
     out = {}
-    for key, value in _join_qkv_bias(state).items():
+    for key, value in _join_qkv_bias(_with_window_index(state)).items():
         if key.endswith("attn_mask"):
             continue
         if key.endswith("relative_position_index"):

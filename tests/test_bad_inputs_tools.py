@@ -81,6 +81,13 @@ def files(tmp_path_factory):
     paths["fifo_folder"] = image_tree(str(root / "fifo_folder"))
     os.mkfifo(os.path.join(paths["fifo_folder"], "train", "a", "waits.jpg"))  # reading it would block forever
     paths["pipe"] = str(root / "pipe.png")  # an output path that is a FIFO: neither replaced nor read
+    run_folder = root / "trained"  # a run's folder: its records are no tool's to replace
+    run_folder.mkdir()
+    for name in ("config.yaml", "config_until_epoch_2.yaml", "log_rank0.txt", "metrics.jsonl", "val_per_class.json",
+                 "val_confusion.png"):
+        (run_folder / name).write_text(load_config(TINY_CFG).dump() if name.startswith("config") else "kept\n")
+    torch.save({"model": model.state_dict(), "config": load_config(TINY_CFG).dump()}, run_folder / "best.pth")
+    paths["trained"] = str(run_folder)
     os.mkfifo(paths["pipe"])
     return paths
 
@@ -118,6 +125,11 @@ CASES = {
         "odd opts": (["{images}", "--random-weights", "--cfg", TINY_CFG, "--opts", "DATA.IMG_SIZE"],
                      ("DATA.IMG_SIZE has no value",)),
         "no inputs": (["--cfg", TINY_CFG], ("inputs",)),
+        "output onto the config of the run it predicts with": (["{images}", "--resume", "{trained}/best.pth",
+                                                                "--output", "{trained}/config.yaml"],
+                                                               ("config.yaml: it is a record of the training run",)),
+        "output onto a run's log": (["{images}", "--cfg", TINY_CFG, "--random-weights", "--output",
+                                     "{trained}/log_rank0.txt"], ("log_rank0.txt: it is a record",)),
         "output onto another run's training checkpoint": (["{images}", "--cfg", TINY_CFG, "--output", "{training}"],
                                                           ("ckpt_epoch_3.pth: it is a training checkpoint",)),
         "a folder with a FIFO named as an image": (["{fifo_folder}", "--cfg", TINY_CFG],
@@ -183,6 +195,8 @@ CASES = {
         "output of a format matplotlib lacks": (["{run}", "--output", "{out}/c.xyz"], ("c.xyz", ".xyz files")),
         "output onto the metrics file": (["{run}", "--output", "{run}/metrics.jsonl"], (".jsonl files",)),
         "output is a folder": (["{run}", "--output", "{out}"], ("is a folder",)),
+        "output onto a run's confusion plot, .png added": (["{run}", "--output", "{trained}/val_confusion"],
+                                                           ("val_confusion.png: it is a record",)),
     },
     convert.main: {
         "missing input": (["--to", "timm", "/no/in.pth", "{out}/out.pth"], ("/no/in.pth",)),
@@ -198,6 +212,10 @@ CASES = {
         "no direction": (["{ckpt}", "{out}/out.pth"], ("--to",)),
         "output onto a FIFO": (["--to", "timm", "{ckpt}", "{pipe}"], ("pipe.png: it is not a regular file",)),
         "unknown layout": (["--to", "keras", "{ckpt}", "{out}/out.pth"], ("keras",)),
+        "output onto a run's metrics": (["--to", "timm", "{ckpt}", "{trained}/metrics.jsonl"],
+                                        ("metrics.jsonl: it is a record",)),
+        "output onto a run's earlier config": (["--to", "timm", "{ckpt}", "{trained}/config_until_epoch_2.yaml"],
+                                               ("config_until_epoch_2.yaml: it is a record",)),
     },
     export.main: {
         "missing config": (["--cfg", "/no/cfg.yaml", "--output", "{out}/m.onnx"], ("/no/cfg.yaml",)),
@@ -218,6 +236,8 @@ CASES = {
         "output onto another run's training checkpoint": (["--cfg", TINY_CFG, "--resume", "{ckpt}", "--format",
                                                            "torchscript", "--output", "{training}"],
                                                           ("ckpt_epoch_3.pth: it is a training checkpoint",)),
+        "output onto a run's per-class results": (["--cfg", TINY_CFG, "--format", "torchscript", "--output",
+                                                   "{trained}/val_per_class.json"], ("val_per_class.json: it is a",)),
         "an opset the exporter cannot convert to": (["--cfg", TINY_CFG, "--output", "{out}/m.onnx", "--opset", "13"],
                                                     ("--opset 13", "could not convert", "--opset 18")),
     },

@@ -43,7 +43,10 @@ def _convert(args: argparse.Namespace) -> int:
         hint = {"reference": "use --to timm or --to torchvision"}.get(found, f"use --from {found}" if found in _FROM
                                                                        else "pass a Swin checkpoint")
         raise CheckpointError(f"checkpoint {args.input} is in the {found} layout, not the {expected} one; {hint}")
-    converted = _TO[args.to](state) if args.to else {"model": _FROM[args.source](state)}
+    try:
+        converted = _TO[args.to](state) if args.to else {"model": _FROM[args.source](state)}
+    except ValueError as err:  # what the target layout needs and the input cannot tell
+        raise CheckpointError(f"checkpoint {args.input} {err}") from None
     save_checkpoint(converted, args.output)
     print(f"wrote {args.output}")
     return 0
