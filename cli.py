@@ -9,6 +9,7 @@ permission), becomes one line and exit code 2; anything else is a bug and keeps 
 import argparse
 import contextlib
 import difflib
+import itertools
 import signal
 import sys
 from typing import Callable, Iterator, NoReturn, Optional, TextIO
@@ -47,10 +48,13 @@ class StrictParser(argparse.ArgumentParser):
             flag, _, inline = word.partition("=")
             if flag in self.flag_hints:
                 target, _, note = self.flag_hints[flag].partition("|")
+                # The value is the last word before the next flag: timm's --input-size 3 224 224 is a size of 224.
+                values = [inline] if inline else list(itertools.takewhile(lambda w: not w.startswith("--"),
+                                                                          unknown[position + 1:]))
+                value = values[-1] if values else ""
                 if target.startswith("-"):
-                    return f" (here it is {target})"
-                value = inline or (unknown[position + 1] if position + 1 < len(unknown) else "VALUE")
-                return f" (here {flag} is a config key: --opts {target} {value}{note})"
+                    return f" (here it is {target}{' ' + value if value else ''}{note})"
+                return f" (here {flag} is a config key: --opts {target} {value or 'VALUE'}{note})"
         flags = [s for a in self._actions for s in a.option_strings]
         close = [m for u in unknown if u.startswith("-") for m in difflib.get_close_matches(u, flags, n=1)]
         return f" (did you mean {close[0]}?)" if close else ""

@@ -29,7 +29,7 @@ from weights import with_local_weights
 TIMM_FLAGS = {
     "--lr": "TRAIN.BASE_LR|, a rate per 512 images that is scaled to the global batch",
     "--epochs": "TRAIN.EPOCHS", "--img-size": "DATA.IMG_SIZE",
-    "--input-size": "DATA.IMG_SIZE", "--workers": "DATA.NUM_WORKERS", "-j": "DATA.NUM_WORKERS",
+    "--input-size": "DATA.IMG_SIZE|, one side of the square image", "--workers": "DATA.NUM_WORKERS", "-j": "DATA.NUM_WORKERS",
     "--weight-decay": "TRAIN.WEIGHT_DECAY", "--wd": "TRAIN.WEIGHT_DECAY", "--drop-path": "MODEL.DROP_PATH_RATE",
     "--drop": "MODEL.DROP_RATE", "--warmup-epochs": "TRAIN.WARMUP_EPOCHS", "--warmup-lr": "TRAIN.WARMUP_LR",
     "--min-lr": "TRAIN.MIN_LR", "--smoothing": "MODEL.LABEL_SMOOTHING", "--mixup": "AUG.MIXUP",
@@ -37,7 +37,9 @@ TIMM_FLAGS = {
     "--color-jitter": "AUG.COLOR_JITTER",
     "--clip-grad": "TRAIN.CLIP_GRAD", "--seed": "SEED", "--sched": "TRAIN.LR_SCHEDULER.NAME",
     "--model-ema-decay": "TRAIN.EMA_DECAY", "--layer-decay": "TRAIN.LAYER_DECAY", "--log-interval": "PRINT_FREQ",
-    "--checkpoint-hist": "TRAIN.KEEP_CHECKPOINTS", "--model": "MODEL.TYPE", "--opt": "TRAIN.OPTIMIZER.NAME",
+    "--checkpoint-hist": "TRAIN.KEEP_CHECKPOINTS", "--opt": "TRAIN.OPTIMIZER.NAME",
+    "--model": "--pretrained|: a model zoo name brings its config (`python -m tools.zoo` lists them); other models "
+    "come from --cfg FILE",
     "-b": "--batch-size", "--data-dir": "--data-path", "--initial-checkpoint": "--pretrained",
     "--grad-accum-steps": "--accumulation-steps", "--experiment": "--tag", "--amp": "--amp-dtype (AMP is on by "
     "default; --disable_amp turns it off)", "--model-ema": "--opts TRAIN.EMA_DECAY 0.9998",
