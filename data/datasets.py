@@ -25,6 +25,16 @@ Transform = Optional[Callable]
 MAX_CLASSES = 1_000_000
 
 
+def rgb_image(img: Image.Image) -> Image.Image:
+    """`img` in RGB, every decoder's last step: 16-bit greys (modes I;16*, and I, as which older Pillow opens
+    16-bit PNGs) scaled 65535 -> 255 to the nearest level, where PIL's own conversion clips them at 255 (a mid
+    grey became white). 16-bit colour PNGs PIL opens as RGB already, from the high bytes (within a level)."""
+    if img.mode == "I" or img.mode.startswith("I;16"):
+        wide = np.clip(np.asarray(img).astype(np.int64), 0, 65535)  # H, W
+        img = Image.fromarray(((wide + 128) // 257).astype(np.uint8))  # mode L, round(v / 257)
+    return img.convert("RGB")
+
+
 def open_rgb(source: io.BytesIO | str) -> Image.Image:
     """Decode to RGB; an image that decoded to RGB and closed its file is returned as it is (convert copies)."""
     img = Image.open(source)
@@ -36,7 +46,7 @@ def open_rgb(source: io.BytesIO | str) -> Image.Image:
     if img.mode == "RGB" and getattr(img, "fp", None) is None:
         return img
     with img:
-        return img.convert("RGB")
+        return rgb_image(img)
 
 
 def decode_image(data: bytes | str, name: str, transform: Transform = None) -> Any:

@@ -27,7 +27,7 @@ from torchvision import transforms
 from torchvision.io import ImageReadMode, decode_jpeg
 from torchvision.transforms import InterpolationMode
 
-from data.datasets import open_rgb
+from data.datasets import open_rgb, rgb_image
 
 
 @dataclass
@@ -124,7 +124,7 @@ class TorchRandomResizedCrop(RandomResizedCropAndInterpolation):
             if img.format == "JPEG":
                 reduction = self._reduction(crop)
                 img.draft("RGB", (img.size[0] // reduction, img.size[1] // reduction))
-            rgb = img.convert("RGB")
+            rgb = rgb_image(img)
         if rgb.size != full_size:  # decoded at reduced scale: the crop's edges in its pixels
             sx, sy = rgb.size[0] / full_size[0], rgb.size[1] / full_size[1]
             top, left = round(crop[0] * sy), round(crop[1] * sx)
