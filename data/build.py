@@ -93,48 +93,71 @@ def collate_skipping_none(batch: list) -> Any:
     return default_collate(kept)
 
 
-def _check_data_path(config: CfgNode) -> str:
+def _check_data_path(config: CfgNode, for_eval: bool = False) -> str:
+    """DATA.DATA_PATH, once it is a folder; outside --eval (`for_eval`), a zip layout asks for --zip."""
     root = config.DATA.DATA_PATH
     if not root:
         raise DataError(f"DATA.DATASET {config.DATA.DATASET} needs a dataset; pass --data-path DIR (or use "
                         "DATA.DATASET digits)")
     if problem := kind_problem(root, "folder"):
         raise DataError(f"data path {root} {problem}; pass the folder that holds train/ and val/")
-    if not config.DATA.ZIP_MODE and not os.path.exists(os.path.join(root, "train")) and os.path.isfile(
-            os.path.join(root, "train.zip")):
+    zip_layout = not os.path.exists(os.path.join(root, "train")) and os.path.isfile(os.path.join(root, "train.zip"))
+    if zip_layout and not config.DATA.ZIP_MODE and not for_eval:
         raise DataError(f"data path {root} holds train.zip and no train/ folder: it is the reference's zip layout; "
                         "add --zip")
     return root
 
 
-def _build_val_dataset(config: CfgNode, root_of_val: bool = False) -> Dataset:
-    """The validation set; with `root_of_val`, a folder without val/ is taken as the class-folder tree itself."""
+def _eval_reads_zip(config: CfgNode, root: str) -> bool:
+    """Whether --eval reads val.zip: the data is the user's, so the --data-path layout decides (a checkpoint's
+    config carries the DATA.ZIP_MODE of the data it was trained on). DATA.ZIP_MODE only picks where it holds both."""
+    has_zip, has_folder = os.path.isfile(os.path.join(root, "val.zip")), os.path.isdir(os.path.join(root, "val"))
+    return has_zip and (config.DATA.ZIP_MODE or not has_folder)
+
+
+def _eval_folder(root: str) -> str:
+    """--eval's class folders: DATA_PATH/val, or DATA_PATH itself when it holds the class folders."""
+    folder = os.path.join(root, "val")
+    if os.path.isdir(folder):
+        return folder
+    if any(entry.is_dir() for entry in os.scandir(root)):
+        return root
+    raise DataError(f"data path {root} holds no val/ folder, no val.zip and no class folders; pass the folder that "
+                    "holds val/<class>/ images (or val.zip and val_map.txt), or the class folders' parent")
+
+
+def _build_val_dataset(config: CfgNode, rt: Runtime, for_eval: bool = False) -> Dataset:
+    """The validation set. A zip's images are cached by DATA.CACHE_MODE, with part only by the rank whose
+    ExactShardSampler shard reads them (rank::world, the part cache's own rule): no rank holds all of val.zip.
+
+    With `for_eval` (--eval), the --data-path layout picks val.zip or class folders (_eval_reads_zip).
+    """
     kind, val_tf = config.DATA.DATASET, build_transform(False, config)
     if kind == "digits":
         return DigitsDataset(False, val_tf)
     if kind == "fake":
         return FakeDataset(_FAKE_VAL_SIZE, config.DATA.IMG_SIZE, config.MODEL.NUM_CLASSES)
-    root = _check_data_path(config)
-    if config.DATA.ZIP_MODE:
+    root = _check_data_path(config, for_eval)
+    if _eval_reads_zip(config, root) if for_eval else config.DATA.ZIP_MODE:
         return ZipMapDataset(os.path.join(root, "val.zip"), os.path.join(root, "val_map.txt"), val_tf,
-                             "no" if config.DATA.CACHE_MODE == "no" else "full")
-    folder = os.path.join(root, "val")
-    return ImageFolderDataset(root if root_of_val and not os.path.isdir(folder) else folder, val_tf)
+                             config.DATA.CACHE_MODE, rt.rank, rt.world_size)
+    return ImageFolderDataset(_eval_folder(root) if for_eval else os.path.join(root, "val"), val_tf)
 
 
 def _build_datasets(config: CfgNode, rt: Runtime) -> tuple[Dataset, Dataset]:
     kind, train_tf = config.DATA.DATASET, build_transform(True, config)
     if kind == "digits":
-        return DigitsDataset(True, train_tf), _build_val_dataset(config)
+        return DigitsDataset(True, train_tf), _build_val_dataset(config, rt)
     if kind == "fake":
-        return FakeDataset(_FAKE_TRAIN_SIZE, config.DATA.IMG_SIZE, config.MODEL.NUM_CLASSES), _build_val_dataset(config)
+        train = FakeDataset(_FAKE_TRAIN_SIZE, config.DATA.IMG_SIZE, config.MODEL.NUM_CLASSES)
+        return train, _build_val_dataset(config, rt)
     root = _check_data_path(config)
     if config.DATA.ZIP_MODE:
         train = ZipMapDataset(os.path.join(root, "train.zip"), os.path.join(root, "train_map.txt"), train_tf,
                               config.DATA.CACHE_MODE, rt.rank, rt.world_size)
     else:
         train = ImageFolderDataset(os.path.join(root, "train"), train_tf)
-    return train, _build_val_dataset(config)
+    return train, _build_val_dataset(config, rt)
 
 
 def _check_classes(config: CfgNode, train: Dataset, val: Dataset) -> int:
@@ -203,12 +226,13 @@ def _val_loader(val: Dataset, config: CfgNode, rt: Runtime, logger: logging.Logg
 
 def build_eval_loader(config: CfgNode, rt: Runtime, class_names: Optional[list[str]] = None,
                       logger: Optional[logging.Logger] = None) -> tuple[DataLoader, int, list[str]]:
-    """The validation loader alone, for --eval: DATA_PATH/val, or DATA_PATH itself when it is the class folders.
+    """The validation loader alone, for --eval: DATA_PATH/val, or DATA_PATH itself when it is the class folders, or
+    val.zip, as the --data-path layout holds them (whatever DATA.ZIP_MODE the checkpoint's config carries).
 
     With the `class_names` a checkpoint was trained on, a folder holding some of them is labelled as the
     model numbers them. Returns the loader, the class count and the class names.
     """
-    val = _build_val_dataset(config, root_of_val=True)
+    val = _build_val_dataset(config, rt, for_eval=True)
     if class_names and isinstance(val, ImageFolderDataset):
         val.label_by(class_names)
     logger = logger or logging.getLogger(__name__)

@@ -28,11 +28,16 @@ class ShardRandomSampler(Sampler[int]):
     """This rank's fixed shard (rank::world) in a fresh order each epoch, for the zip `part` cache.
 
     The shard matches the images the rank cached; the order depends on the seed and the epoch
-    only, so a resumed run draws the same batches.
+    only, so a resumed run draws the same batches. Every rank yields the longest shard's count,
+    ceil(length / world): where length is not divisible by the world, a shard one short repeats
+    the first index of its epoch's order (from its own, cached, shard, as DistributedSampler pads
+    from the start of its order). So every rank runs the same number of steps (a rank with fewer
+    would leave the others waiting in a collective) and every image is still seen each epoch.
     """
 
     def __init__(self, length: int, rank: int, world_size: int, seed: int = 0) -> None:
         self.indices = list(range(rank, length, world_size))
+        self.num_samples = -(-length // world_size)  # the longest shard's length
         self.seed = seed
         self.epoch = 0
 
@@ -41,10 +46,12 @@ class ShardRandomSampler(Sampler[int]):
 
     def __iter__(self) -> Iterator[int]:
         generator = torch.Generator().manual_seed(self.seed + self.epoch)
-        return iter([self.indices[i] for i in torch.randperm(len(self.indices), generator=generator).tolist()])
+        order = [self.indices[i] for i in torch.randperm(len(self.indices), generator=generator).tolist()]
+        assert order or not self.num_samples, "an empty shard cannot pad itself (build_loader refuses fewer images)"
+        return iter(order + order[: self.num_samples - len(order)])  # shards differ by one index at most
 
     def __len__(self) -> int:
-        return len(self.indices)
+        return self.num_samples
 
 
 class ResumableSampler(Sampler[tuple[int, int]]):
