@@ -1,143 +1,141 @@
 #!/usr/bin/env bash
-# The CUDA paths no CPU test reaches, in one command for a session with a GPU; writes a markdown report.
+# The CUDA paths no CPU test reaches, for a machine with a GPU; writes a markdown report as it goes.
 #
-#     bash benchmarks/gpu_check.sh [REPORT.md]      (default: gpu_check_report.md; about 8 minutes on one GPU)
+#     bash benchmarks/gpu_check.sh [--report PATH.md] [PART...]      (no PART: all of them, in this order)
 #
-# Checks, each recorded PASS / FAIL with its figures, the next running even when one fails:
-#   fp16 and bf16 training through main.py (the real engine), a CPU checkpoint resumed into an fp16 run,
-#   torchrun with NCCL on every visible GPU (when there are two or more), --compile training and a compiled
-#   --eval against the eager one, the peak memory of Swin-T steps with and without --use-checkpoint, host
-#   synchronisations of the training step between logging steps (torch's sync debug mode), and
-#   benchmarks/bench_swin.py beside timm and torchvision at batch 64 and 256.
-set -u
-cd "$(dirname "$0")/.."
-REPORT=${1:-gpu_check_report.md}
-PYTHON=${PYTHON:-python}
-WORK=$(mktemp -d)
-TINY=(--cfg tests/configs/tiny.yaml --opts DATA.DATASET digits DATA.BATCH_SIZE 64 TRAIN.EPOCHS 2 PRINT_FREQ 5)
-FAILED=0
+# Parts (each step under `timeout`; a part's timeouts add up to 300 s or less; times are estimates for one H100,
+# not yet measured):
+#   amp           fp16, bf16 and fp32 training of the tiny Swin through main.py: the log names the precision on
+#                 cuda, the train loss is finite and falls over 3 epochs, fp16's checkpoint holds a loss scale,
+#                 fp32 runs without TF32                                                          ~1.5 min (max 270 s)
+#   resume        a checkpoint written by a CPU run, resumed with --amp-dtype fp16 on CUDA: starts at epoch 1,
+#                 fp16, loss finite and falling, a loss scale in its last checkpoint             ~0.7 min (max 150 s)
+#   ddp           torchrun --nproc_per_node 2 over NCCL (NCCL_DEBUG=VERSION shows it); SKIPPED with one GPU,
+#                 where main.py makes no process group                                     ~0.7 min (max 150 s)
+#   compile       --compile training: dynamo and inductor compile the forward and backward graphs (fresh
+#                 inductor cache), loss finite and falling                                     ~1.5 min (max 200 s)
+#   compile_eval  --eval compiled by default on CUDA agrees with TEST.COMPILE off              ~1.5 min (max 270 s)
+#   memory        Swin-T at batch 64: peak training memory with --use-checkpoint below without ~1.2 min (max 280 s)
+#   sync          host synchronisations of engine.train_one_epoch (torch's sync debug mode)     ~0.3 min (max 100 s)
+#   bench64       benchmarks/bench_swin.py --batch 64 beside timm and torchvision (3 rounds)   ~2 min (max 280 s)
+#   bench256      the same at --batch 256                                                      ~2.5 min (max 280 s)
+# All of it: about 10-11 minutes. Under a 600 s limit per command, run it in four commands, e.g.
+#     bash benchmarks/gpu_check.sh amp resume ddp
+#     bash benchmarks/gpu_check.sh compile compile_eval sync
+#     bash benchmarks/gpu_check.sh memory bench64
+#     bash benchmarks/gpu_check.sh bench256
+# (compile_eval evaluates the compile or amp part's checkpoint from the same command, else trains one first).
+#
+# Each step ends PASS, FAILED (with why) or SKIPPED (with why: no CUDA device, one GPU for NCCL, the budget); its
+# line is printed and appended to the report when it ends. Exit status 1 when a step FAILED, 0 otherwise (skips
+# alone exit 0), 2 on a wrong argument.
+# Report: $OUT/gpu_check.md when $OUT is set, else --report PATH (or a PATH ending in .md), else
+# output/gpu_check/gpu_check.md; a new section is appended at each invocation. Logs: gpu_check_logs/ beside it.
+# Environment: PYTHON (default .venv/bin/python when present, else python3); GPU_CHECK_BUDGET=SECONDS skips the
+# steps that could not end within that many seconds of the start; GPU_CHECK_FAIL=ID[,ID] replaces those steps'
+# commands by `false` (to see a failure end to end); GPU_CHECK_ON_CPU=1 runs the amp part on the CPU instead of
+# skipping it (a dry run of its commands and checks: fp16 must FAIL there, a CPU runs it in fp32);
+# GPU_CHECK_WORK=DIR keeps the runs' outputs there (default: a temporary folder, removed at the end).
+set -u -o pipefail
+cd "$(dirname "$0")/.." || exit 2
+GC=benchmarks/gpu_check
+# shellcheck source=benchmarks/gpu_check/lib.sh
+source "$GC/lib.sh"
+# shellcheck source=benchmarks/gpu_check/parts.sh
+source "$GC/parts.sh"
 
-record() {  # record NAME STATUS DETAILS
-    printf '| %s | %s | %s |\n' "$1" "$2" "$3" >> "$REPORT"
-    [ "$2" = PASS ] || FAILED=$((FAILED + 1))
+ALL_PARTS=(amp resume ddp compile compile_eval memory sync bench64 bench256)
+usage() {
+    sed -n '2,/^set -u/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'
 }
 
-run_check() {  # run_check NAME LOGFILE COMMAND...: PASS on exit 0, with the log's last figures line
-    local name=$1 log=$2
-    shift 2
-    if "$@" > "$log" 2>&1; then
-        record "$name" PASS "$(grep -E 'training took|eval on|throughput:|top-1' "$log" | tail -1 | cut -c1-160)"
-    else
-        record "$name" FAIL "exit $?: $(grep -E '^error:|Error' "$log" | tail -1 | cut -c1-160)"
-    fi
-}
-
-GPUS=$($PYTHON -c "import torch; print(torch.cuda.device_count())")
-{
-    echo "# GPU check, $(date -u +%Y-%m-%d\ %H:%M) UTC"
-    echo
-    echo "$($PYTHON -c "import torch; print(f'torch {torch.__version__}, {torch.cuda.get_device_name(0)}, {torch.cuda.device_count()} GPU(s)')" 2>&1)"
-    echo
-    echo "| check | result | figures |"
-    echo "| --- | --- | --- |"
-} > "$REPORT"
-if [ "$GPUS" -lt 1 ]; then
-    record "a CUDA device" FAIL "none visible"
-    exit 1
-fi
-
-run_check "fp16 training (GradScaler, fused AdamW)" "$WORK/fp16.log" \
-    $PYTHON main.py --output "$WORK/fp16" --amp-dtype fp16 "${TINY[@]}"
-run_check "bf16 training" "$WORK/bf16.log" $PYTHON main.py --output "$WORK/bf16" --amp-dtype bf16 "${TINY[@]}"
-run_check "fp32 training (--disable_amp, TF32 off)" "$WORK/fp32.log" \
-    $PYTHON main.py --output "$WORK/fp32" --disable_amp "${TINY[@]}"
-
-# A checkpoint written on the CPU continues as an fp16 CUDA run.
-if $PYTHON main.py --output "$WORK/cpu" --device cpu "${TINY[@]}" TRAIN.EPOCHS 1 > "$WORK/cpu.log" 2>&1; then
-    CKPT=$(ls "$WORK"/cpu/*/*/ckpt_epoch_0.pth)
-    run_check "CPU checkpoint resumed in fp16 on CUDA" "$WORK/resume.log" \
-        $PYTHON main.py --output "$WORK/resumed" --resume "$CKPT" --amp-dtype fp16 "${TINY[@]}"
-else
-    record "CPU checkpoint resumed in fp16 on CUDA" FAIL "the CPU run failed: $(tail -1 "$WORK/cpu.log")"
-fi
-
-if [ "$GPUS" -ge 2 ]; then
-    run_check "torchrun, NCCL, $GPUS GPUs" "$WORK/ddp.log" \
-        $PYTHON -m torch.distributed.run --standalone --nproc_per_node "$GPUS" main.py --output "$WORK/ddp" "${TINY[@]}"
-else
-    record "torchrun with NCCL" PASS "skipped: one GPU visible"
-fi
-
-run_check "--compile training" "$WORK/compile.log" $PYTHON main.py --output "$WORK/compiled" --compile "${TINY[@]}"
-CKPT=$(ls "$WORK"/fp16/*/*/ckpt_epoch_1.pth 2>/dev/null | head -1)
-if [ -n "$CKPT" ]; then
-    $PYTHON main.py --output "$WORK/eager_eval" --eval --resume "$CKPT" "${TINY[@]}" TEST.COMPILE off \
-        > "$WORK/eager_eval.log" 2>&1
-    $PYTHON main.py --output "$WORK/compiled_eval" --eval --resume "$CKPT" "${TINY[@]}" > "$WORK/compiled_eval.log" 2>&1
-    EAGER=$(grep -o 'eval on .*' "$WORK/eager_eval.log" | tail -1)
-    COMPILED=$(grep -o 'eval on .*' "$WORK/compiled_eval.log" | tail -1)
-    TIME=$(grep -o 'compiled the model for inference in [0-9.]*s' "$WORK/compiled_eval.log")
-    if [ -n "$EAGER" ] && [ "$EAGER" = "$COMPILED" ] && [ -n "$TIME" ]; then
-        record "--eval compiled by default on CUDA = eager" PASS "$TIME; $COMPILED"
-    else
-        record "--eval compiled by default on CUDA = eager" FAIL "eager: $EAGER / compiled: $COMPILED / $TIME"
-    fi
-fi
-
-# Peak memory of Swin-T training steps at batch 64, with and without gradient checkpointing.
-for flag in "" "--use-checkpoint"; do
-    $PYTHON main.py --cfg configs/swin_tiny.yaml --output "$WORK/mem$flag" $flag --opts DATA.DATASET fake \
-        DATA.BATCH_SIZE 64 TRAIN.EPOCHS 1 TRAIN.WARMUP_EPOCHS 0 PRINT_FREQ 5 > "$WORK/mem$flag.log" 2>&1
-    MEM=$(grep -o 'mem [0-9]*MB' "$WORK/mem$flag.log" | tail -1)
-    if [ -n "$MEM" ]; then record "Swin-T batch 64 ${flag:-without checkpointing}" PASS "$MEM"; else
-        record "Swin-T batch 64 ${flag:-without checkpointing}" FAIL "$(tail -1 "$WORK/mem$flag.log")"; fi
+GIVEN_REPORT=""
+PARTS=()
+while [ $# -gt 0 ]; do
+    case $1 in
+        -h|--help) usage; exit 0 ;;
+        --report) [ $# -ge 2 ] || { echo "--report needs a path" >&2; exit 2; }; GIVEN_REPORT=$2; shift ;;
+        --report=*) GIVEN_REPORT=${1#--report=} ;;
+        *.md) GIVEN_REPORT=$1 ;;
+        *)
+            if [[ " ${ALL_PARTS[*]} " == *" $1 "* ]]; then
+                PARTS+=("$1")
+            else
+                echo "unknown part '$1'; the parts are: ${ALL_PARTS[*]}" >&2
+                exit 2
+            fi ;;
+    esac
+    shift
 done
+[ ${#PARTS[@]} -gt 0 ] || PARTS=("${ALL_PARTS[@]}")
 
-# Host synchronisations between logging steps (fused AdamW, bf16 autocast), counted by torch's sync debug mode.
-$PYTHON - > "$WORK/sync.log" 2>&1 <<'EOF'
-import logging, warnings
+if [ -n "${OUT:-}" ]; then
+    REPORT=$OUT/gpu_check.md
+    [ -z "$GIVEN_REPORT" ] || echo "note: \$OUT is set, so the report goes to $REPORT, not $GIVEN_REPORT"
+else
+    REPORT=${GIVEN_REPORT:-output/gpu_check/gpu_check.md}
+fi
+mkdir -p "$(dirname "$REPORT")" || exit 2
+LOGS=$(cd "$(dirname "$REPORT")" && pwd)/gpu_check_logs
+mkdir -p "$LOGS" || exit 2
+if [ -n "${GPU_CHECK_WORK:-}" ]; then
+    WORK=$GPU_CHECK_WORK
+    mkdir -p "$WORK" || exit 2
+else
+    WORK=$(mktemp -d -t gpu_check.XXXXXX) || exit 2
+    trap 'rm -rf "$WORK"' EXIT
+fi
+if [ -n "${PYTHON:-}" ]; then
+    PY=$PYTHON
+elif [ -x .venv/bin/python ]; then
+    PY=.venv/bin/python
+else
+    PY=python3
+fi
+BUDGET=${GPU_CHECK_BUDGET:-0}
+STARTED=$SECONDS
+
+# What this machine has: the CUDA device count decides what runs.
+ENV_LINE=$("$PY" -c "
 import torch
-from timm.scheduler import StepLRScheduler
-import engine
-from runtime import Runtime
+n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+names = ', '.join(torch.cuda.get_device_name(i) for i in range(n)) or 'no CUDA device'
+print(n)
+print(f'torch {torch.__version__} (CUDA {torch.version.cuda}), {n} CUDA device(s): {names}')
+" 2>&1)
+PROBE_RC=$?
+if [ "$PROBE_RC" -eq 0 ]; then
+    GPUS=$(printf '%s\n' "$ENV_LINE" | head -1)
+    ENV_LINE=$(printf '%s\n' "$ENV_LINE" | tail -1)
+    NO_CUDA="no CUDA device visible (torch.cuda.is_available() is False)"
+else
+    GPUS=0
+    ENV_LINE="$PY could not import torch: $(printf '%s\n' "$ENV_LINE" | tail -1)"
+    NO_CUDA="torch did not import"
+fi
+COMMIT=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
+git diff --quiet HEAD -- . 2>/dev/null || COMMIT="$COMMIT with uncommitted changes"
 
-rt = Runtime(torch.device("cuda"), amp_dtype=torch.bfloat16)
-model = torch.nn.Sequential(torch.nn.Linear(64, 256), torch.nn.GELU(), torch.nn.Linear(256, 10)).cuda()
-optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, fused=True)
-ctx = engine.TrainContext(model=model, criterion=torch.nn.CrossEntropyLoss(), optimizer=optimizer,
-                          scheduler=StepLRScheduler(optimizer, decay_t=100, t_in_epochs=False),
-                          scaler=torch.amp.GradScaler("cuda", enabled=False), rt=rt, logger=logging.getLogger("x"),
-                          clip_grad=5.0, print_freq=1000)
-data = [(torch.randn(32, 64).pin_memory(), torch.randint(0, 10, (32,)).pin_memory()) for _ in range(50)]
-engine.train_one_epoch(ctx, data[:2], epoch=0)  # warm-up
-torch.cuda.set_sync_debug_mode("warn")
-with warnings.catch_warnings(record=True) as caught:
-    warnings.simplefilter("always")
-    engine.train_one_epoch(ctx, data, epoch=1)
-torch.cuda.set_sync_debug_mode(0)
-syncs = [w for w in caught if "synchroniz" in str(w.message)]
-print(f"{len(syncs)} synchronising calls over 50 steps with 2 logging steps and the end")
-for w in syncs[:5]:
-    print(f"  {w.filename}:{w.lineno} {str(w.message)[:100]}")
-EOF
-SYNC=$(head -1 "$WORK/sync.log")
-case "$SYNC" in
-    [0-3]" synchronising"*) record "host syncs of the training step" PASS "$SYNC" ;;
-    *) record "host syncs of the training step" FAIL "$SYNC $(sed -n 2,3p "$WORK/sync.log" | tr '\n' ' ')" ;;
-esac
+[ -s "$REPORT" ] || printf '# GPU check (benchmarks/gpu_check.sh)\n' > "$REPORT"
+{
+    printf '\n## %s UTC: %s\n\n' "$(date -u '+%Y-%m-%d %H:%M')" "${PARTS[*]}"
+    printf -- '- %s\n- %s, commit %s\n- logs: %s\n' "$ENV_LINE" "$(hostname)" "$COMMIT" "$LOGS"
+} >> "$REPORT"
+echo "GPU check: ${PARTS[*]}; $ENV_LINE"
+echo "report: $REPORT (written as each step ends); logs: $LOGS"
+if [ "$PROBE_RC" -ne 0 ]; then
+    part_header environment "python and torch"
+    STEP_ID=environment STEP_NAME="$PY imports torch" STEP_T0=$SECONDS
+    record FAILED "$ENV_LINE"
+fi
 
-for batch in 64 256; do
-    if $PYTHON benchmarks/bench_swin.py --device cuda --rounds 5 --iterations 10 --batch "$batch" \
-        --modes infer_fp32,infer_bf16,throughput,train_fp32 > "$WORK/bench$batch.log" 2>&1; then
-        record "bench_swin, inference batch $batch" PASS "see below"
-    else
-        record "bench_swin, inference batch $batch" FAIL "$(tail -1 "$WORK/bench$batch.log")"
-    fi
-    { echo; echo "### bench_swin.py --device cuda --batch $batch"; echo; echo '```'; cat "$WORK/bench$batch.log"
-      echo '```'; } >> "$REPORT.tables"
+for part in "${PARTS[@]}"; do
+    "part_$part"
 done
-[ -f "$REPORT.tables" ] && cat "$REPORT.tables" >> "$REPORT" && rm "$REPORT.tables"
-echo >> "$REPORT"
-echo "$FAILED check(s) failed; logs in $WORK" >> "$REPORT"
-cat "$REPORT"
-exit $((FAILED > 0))
+
+SUMMARY="$N_PASS passed, $N_FAILED failed${FAILED_IDS:+ (${FAILED_IDS# })}, $N_SKIPPED skipped${SKIPPED_IDS:+ \
+(${SKIPPED_IDS# })} in $((SECONDS - STARTED))s"
+printf '\n**%s**\n' "$SUMMARY" >> "$REPORT"
+echo "== $SUMMARY"
+echo "report: $REPORT"
+[ "$N_FAILED" -eq 0 ]
