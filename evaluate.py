@@ -14,7 +14,7 @@ from data import build_eval_loader, build_loader
 from evaluation import ClassTally
 from runtime import Runtime, prepare_for_inference
 from trainer import new_model, with_num_classes
-from utils import DataError, UserError, load_checkpoint_file
+from utils import CheckpointError, DataError, UserError, load_checkpoint_file
 
 
 def inference_compile_choice(config: CfgNode) -> str:
@@ -43,7 +43,8 @@ def _eval_setup(config: CfgNode, rt: Runtime, logger: logging.Logger
     """The model with the weights to evaluate, and the validation data labelled as that model numbers its classes.
 
     --resume weights are taken as they are, with the class count of their head; --pretrained ones
-    are adapted to the data's classes, as fine-tuning would start from them.
+    are adapted to the data's classes (by name, where the checkpoint names its own), as fine-tuning would start
+    from them, and refused where their head would start from scratch.
     """
     path = config.MODEL.RESUME or config.MODEL.PRETRAINED
     if not path:
@@ -51,7 +52,10 @@ def _eval_setup(config: CfgNode, rt: Runtime, logger: logging.Logger
     if not config.MODEL.RESUME:
         loader, classes, names = build_eval_loader(config, rt, None, logger)
         bare = new_model(with_num_classes(config, classes), rt, logger)
-        load_pretrained(bare, path, logger)
+        if "head.weight" in load_pretrained(bare, path, logger, names):
+            raise CheckpointError(f"--eval --pretrained {path}: its head does not answer for the data's {classes} "
+                                  "classes and would start from scratch, so there is nothing to evaluate; evaluate it "
+                                  "on the data it was trained for, or fine-tune it (the same command without --eval)")
         return bare, loader, names, classes
     payload = load_checkpoint_file(path)
     state, _ = reference_state(payload, path, logger)

@@ -7,9 +7,11 @@ import shutil
 
 import pytest
 import torch
-from bad_inputs import call, image_tree
-from conftest import TINY_CFG, digest, run_main
+from bad_inputs import call, image_tree, png_bytes
+from conftest import TINY_CFG, assert_user_error, digest, run_main
 
+from config import load_config
+from models import build_model
 from tools import export, plot_metrics, predict, summary
 
 # A model the tiny config does not build by itself: the checkpoint alone must carry these.
@@ -142,3 +144,26 @@ def test_fine_tuning_from_a_run_of_ours_needs_no_cfg_and_leaves_that_run_alone(t
     assert "the checkpoint has 4 classes and the model 2" in result.stdout
     assert "frozen: patch embedding and stages 0-0" in result.stdout
     assert "layer decay 0.8: 3 layers trained at lr x0.64 (the first) to x1 (the head)" in result.stdout
+
+
+def test_eval_with_pretrained_weights_answers_in_the_datas_class_order(tmp_path):
+    """A checkpoint whose classes are named in another order than the folder's sorted ones: --eval --pretrained
+    maps its head by name, as --eval --resume labels the data by the checkpoint's names; a head that cannot answer
+    for the data's classes is refused, never evaluated at random."""
+    for name, count in (("a", 3), ("b", 1), ("c", 1)):
+        os.makedirs(tmp_path / "data" / "val" / name)
+        for i in range(count):
+            (tmp_path / "data" / "val" / name / f"{i}.png").write_bytes(png_bytes(colour=(60 * i, 90, 30)))
+    model = build_model(load_config(TINY_CFG, ("MODEL.NUM_CLASSES", "3")))
+    state = model.state_dict()
+    state["head.weight"].zero_()
+    state["head.bias"].copy_(torch.tensor([0.0, 0.0, 10.0]))  # always the checkpoint's class 2, which it calls "a"
+    torch.save({"model": state, "class_names": ["c", "b", "a"]}, tmp_path / "named.pth")
+    common = ("--cfg", TINY_CFG, "--eval", "--data-path", str(tmp_path / "data"), "--output", str(tmp_path / "out"),
+              "--opts", "DATA.DATASET", "imagenet")
+    lines = [eval_line(run_main(*common[:2], flag, str(tmp_path / "named.pth"), *common[2:]))
+             for flag in ("--resume", "--pretrained")]
+    assert lines[0] == lines[1] and "top-1 60.000%" in lines[0], lines
+    torch.save({"model": state, "class_names": ["c", "b", "x"]}, tmp_path / "other.pth")
+    refused = run_main(*common[:2], "--pretrained", str(tmp_path / "other.pth"), *common[2:])
+    assert_user_error(refused, "--eval --pretrained", "other.pth", "start from scratch")
