@@ -70,6 +70,8 @@ class TrainContext:
     stop_signal: Callable[[], int] = lambda: 0
     ema: Optional[ModelEma] = None
     metrics: Optional[MetricsWriter] = None
+    # An all-zero image and target (label or SimMIM mask) for a batch that lost every image (see `_train_batch`)
+    blank_batch: Optional[tuple[torch.Tensor, torch.Tensor]] = None
     totals: dict = field(default_factory=dict)
     meters: dict = field(default_factory=dict)
     device_sums: Optional["DeviceSums"] = None
@@ -77,23 +79,25 @@ class TrainContext:
 
 # Sums that make up an epoch's figures; a mid-epoch checkpoint carries them so a resumed epoch reports the whole.
 EPOCH_TOTALS = ("loss_sum", "loss_count", "grad_norm_sum", "grad_norm_count", "skipped_steps", "images", "seconds")
+HostCopy = tuple[torch.Tensor, Optional[torch.Event]]  # a host tensor, and the event after which it holds its value
 
 
 class DeviceSums:
     """What the steps since the last log line add up to, kept on the device so those steps never wait for it.
 
-    `flush` reads it once (a logging step, a checkpoint, the epoch's end). It also carries the current
-    accumulation window's non-finite flag and the run of non-finite updates in a row, with the first
-    step at which that run reached the limit.
+    `flush` reads it once (a logging step, a checkpoint, the epoch's end). It also carries the current window's
+    non-finite flag and image count, the run of non-finite updates in a row with the first step at which it
+    reached the limit, and (DDP) the stop signals agreed at the last two window ends, on their way to the host.
     """
 
     def __init__(self, device: torch.device) -> None:
         self.sums = torch.zeros(5, dtype=torch.float64, device=device)  # loss, count, norm, norm count, skipped
         self.window_nonfinite = torch.zeros((), device=device)
+        self.window_images = 0
         self.run = torch.zeros((), dtype=torch.int64, device=device)
         self.diverged_at = torch.full((), -1, dtype=torch.int64, device=device)
         self.last = torch.zeros(2, device=device)  # the last batch's loss, the last update's gradient norm
-        self.agreed_signal = torch.zeros((), device=device)
+        self.signals: tuple[Optional[HostCopy], Optional[HostCopy]] = (None, None)  # the previous window's, the last
         self.images, self.since = 0, time.time()
 
 
@@ -106,16 +110,42 @@ def _grad_norm(parameters: list[torch.Tensor], clip: float) -> torch.Tensor:
         torch.zeros((), device=parameters[0].device if parameters else None)
 
 
-def _agree_on_window(ctx: TrainContext) -> torch.Tensor:
-    """Whether any rank's losses of the window were non-finite, agreed by one small collective that nobody waits
-    for; the stop signal travels in the same tensor and is read at the next flush."""
+def _copy_to_host(flag: torch.Tensor) -> HostCopy:
+    """Start copying a device scalar to the host, not waiting for it; a CPU one is its own (gloo has finished)."""
+    if flag.device.type == "cpu":
+        return flag, None
+    event = torch.Event(flag.device)
+    host = flag.to("cpu", non_blocking=True)  # into pinned memory, written when the stream reaches the copy
+    event.record()
+    return host, event
+
+
+def _agree_on_window(ctx: TrainContext) -> tuple[torch.Tensor, torch.Tensor]:
+    """Whether any rank's losses of the window were non-finite, and whether no rank had an image in it, agreed by one
+    small collective that nobody waits for; the stop signal travels in it, read one window later (`_agreed_stop`)."""
     sums = ctx.device_sums
+    flags = torch.stack([sums.window_nonfinite, sums.window_nonfinite.new_full((), sums.window_images),
+                         sums.window_nonfinite.new_full((), ctx.stop_signal())])
+    sums.window_nonfinite, sums.window_images = torch.zeros_like(sums.window_nonfinite), 0
+    if ctx.rt.is_distributed:
+        flags = ctx.rt.all_reduce_sum(flags)
+        sums.signals = (sums.signals[1], _copy_to_host(flags[2]))
+    return flags[0] > 0, flags[1] == 0
+
+
+def _agreed_stop(ctx: TrainContext, window: int) -> int:
+    """The stop signal to act on (0: none). In a world of one, this process's own; under DDP, the one the ranks
+    agreed on at the end of the previous (`window` 0) or last (1) window, as this process's own signal or SIGTERM:
+    every rank acts at the same step. Reading it one window late waits for its copy alone, not the step queued."""
     if not ctx.rt.is_distributed:
-        return sums.window_nonfinite > 0
-    flags = torch.stack([sums.window_nonfinite, torch.full((), float(ctx.stop_signal()), device=ctx.rt.device)])
-    flags = ctx.rt.all_reduce_sum(flags)
-    sums.agreed_signal = torch.maximum(sums.agreed_signal, flags[1])
-    return flags[0] > 0
+        return ctx.stop_signal()
+    copy = ctx.device_sums.signals[window]
+    if copy is None:
+        return 0
+    host, event = copy
+    if event is not None:
+        event.synchronize()
+    return int(host.item() and (ctx.stop_signal() or signal.SIGTERM))
 
 
 def _zero_momentum_before_first_step(optimizer: torch.optim.SGD) -> None:
@@ -130,14 +160,15 @@ def _zero_momentum_before_first_step(optimizer: torch.optim.SGD) -> None:
 
 
 def _apply_update(ctx: TrainContext, skip: torch.Tensor) -> None:
-    """Step the optimizer unless `skip` (a device flag). The loss scaler and the fused optimizers skip on the
-    device; foreach optimizers cannot, and read the flag (the one host synchronisation left on their path)."""
+    """Step the optimizer (its gradients unscaled) unless `skip` (a device flag). The fused optimizers skip on the
+    device; foreach optimizers cannot, and read the flag (the one host synchronisation left on their path). The
+    fp16 loss scaler does not step: it skips on its overflow check of the gradients alone, so a window whose loss
+    alone was non-finite changed the weights while counted as skipped. `skip` covers that check (an inf or nan
+    gradient makes the norm non-finite), and `scaler.update()` still lowers the scale on an overflow."""
     optimizer = ctx.optimizer
     if isinstance(optimizer, torch.optim.SGD) and optimizer.defaults.get("fused"):
         _zero_momentum_before_first_step(optimizer)
-    if ctx.scaler.is_enabled():
-        ctx.scaler.step(optimizer)  # skips on its own overflow check of the unscaled gradients
-    elif optimizer.defaults.get("fused"):
+    if optimizer.defaults.get("fused"):
         optimizer.found_inf = skip.float()
         try:
             optimizer.step()
@@ -150,39 +181,38 @@ def _apply_update(ctx: TrainContext, skip: torch.Tensor) -> None:
 
 
 def _end_of_window(ctx: TrainContext, index: int) -> None:
-    """The optimizer step that closes an accumulation window, skipped when a loss or gradient is not finite;
-    its accounting stays on the device."""
+    """The optimizer step that closes an accumulation window, skipped when a loss or gradient is not finite or no
+    rank had an image in it (which is neither counted as skipped nor as a step of a non-finite run); its
+    accounting stays on the device."""
     sums = ctx.device_sums
-    loss_nonfinite = _agree_on_window(ctx)
-    sums.window_nonfinite = torch.zeros_like(sums.window_nonfinite)
+    loss_nonfinite, empty = _agree_on_window(ctx)
     params = [p for p in ctx.model.parameters() if p.requires_grad]
     ctx.scaler.unscale_(ctx.optimizer)
     norm = _grad_norm(params, ctx.clip_grad).float()
-    skip = loss_nonfinite | ~torch.isfinite(norm)
+    skip = loss_nonfinite | empty | ~torch.isfinite(norm)
     _apply_update(ctx, skip)
     stepped = (~skip).double()
     if ctx.ema is not None:
         ctx.ema.update(stepped)
-    sums.sums[2:] += torch.stack([torch.where(skip, 0.0, norm.double()), stepped, 1.0 - stepped])
+    sums.sums[2:] += torch.stack([torch.where(skip, 0.0, norm.double()), stepped, (skip & ~empty).double()])
     sums.last[1] = norm
     # An fp16 overflow with finite losses is the loss scaler's routine skip and does not count towards divergence.
     counts = skip & loss_nonfinite if ctx.scaler.is_enabled() else skip
-    sums.run = (sums.run + 1) * counts
+    sums.run = torch.where(empty, sums.run, (sums.run + 1) * counts)
     sums.diverged_at = torch.where((sums.run >= ctx.max_nonfinite) & (sums.diverged_at < 0), index,
                                    sums.diverged_at)
 
 
-def flush(ctx: TrainContext, epoch: int) -> int:
+def flush(ctx: TrainContext, epoch: int) -> None:
     """Add the device sums since the last flush to `ctx.totals` and the meters (one host synchronisation), and stop
-    training when the non-finite run reached the limit. Returns the agreed stop signal (0 when none)."""
+    training when the non-finite run reached the limit."""
     sums = ctx.device_sums
     if sums is None:
-        return 0
+        return
     ctx.rt.synchronize()
     now = time.time()
-    values = torch.cat([sums.sums, sums.last.double(), torch.stack([sums.run, sums.diverged_at]).double(),
-                        sums.agreed_signal.double().view(1)]).tolist()
-    loss_sum, loss_count, norm_sum, norm_count, skipped, last_loss, last_norm, run, diverged_at, signum = values
+    values = torch.cat([sums.sums, sums.last.double(), torch.stack([sums.run, sums.diverged_at]).double()]).tolist()
+    loss_sum, loss_count, norm_sum, norm_count, skipped, last_loss, last_norm, run, diverged_at = values
     sums.sums.zero_()
     for key, value in zip(("loss_sum", "loss_count", "grad_norm_sum", "grad_norm_count", "skipped_steps"),
                           (loss_sum, loss_count, norm_sum, norm_count, skipped)):
@@ -201,7 +231,6 @@ def flush(ctx: TrainContext, epoch: int) -> int:
             f"loss was non-finite for {ctx.max_nonfinite} steps in a row up to epoch {epoch} step {diverged_at:.0f}; "
             "lower TRAIN.BASE_LR or raise TRAIN.CLIP_GRAD and resume from the last checkpoint"
         )
-    return int(signum and (ctx.stop_signal() or signal.SIGTERM))
 
 
 def _log_progress(ctx: TrainContext, epoch: int, step: int, total: int, done: int, started: float) -> None:
@@ -222,16 +251,28 @@ def _log_progress(ctx: TrainContext, epoch: int, step: int, total: int, done: in
         ctx.metrics.scalars(values, epoch * total + step + 1, "train")
 
 
-def _train_batch(ctx: TrainContext, batch: tuple, index: int) -> bool:
-    """Forward and backward one batch, its loss added to the device sums. Returns whether it closes a window."""
+def _train_batch(ctx: TrainContext, batch: Optional[tuple], index: int) -> bool:
+    """Forward and backward one batch, its loss added to the device sums. Returns whether it closes a window.
+
+    A batch that lost every image to DATA.DECODE_ERRORS skip (None) still goes forward and backward, as
+    `ctx.blank_batch` with its loss times zero: every rank must join each step's collectives (DDP's gradient
+    all-reduce, the window's agreement), so this one contributes a zero gradient and no loss or image.
+    """
+    is_step = (index + 1) % ctx.accumulation_steps == 0
+    sync = is_step or not hasattr(ctx.model, "no_sync")
+    if batch is None:
+        assert ctx.blank_batch is not None, "a batch without images needs TrainContext.blank_batch"
+        images, targets = ctx.blank_batch  # the output's sum stands in for a criterion it may not fit (Mixup's)
+        with (contextlib.nullcontext() if sync else ctx.model.no_sync()), ctx.rt.autocast():
+            output = ctx.model(images, targets) if ctx.criterion is None else ctx.model(images)
+        (output.float().sum() * 0.0).backward()
+        return is_step
     # targets: class labels, or SimMIM's masks
     images, targets = batch[0].to(ctx.rt.device, non_blocking=True), batch[1].to(ctx.rt.device, non_blocking=True)
     if ctx.mixup_fn is not None:
         if len(images) % 2:  # mixup pairs images; a batch that lost an undecodable image drops one more
             images, targets = images[:-1], targets[:-1]
         images, targets = ctx.mixup_fn(images, targets)
-    is_step = (index + 1) % ctx.accumulation_steps == 0
-    sync = is_step or not hasattr(ctx.model, "no_sync")
     with (contextlib.nullcontext() if sync else ctx.model.no_sync()), ctx.rt.autocast():
         loss = ctx.model(images, targets) if ctx.criterion is None else ctx.criterion(ctx.model(images), targets)
     ctx.scaler.scale(loss / ctx.accumulation_steps).backward()
@@ -241,6 +282,7 @@ def _train_batch(ctx: TrainContext, batch: tuple, index: int) -> bool:
     sums.window_nonfinite = sums.window_nonfinite + ~finite
     sums.last[0] = value
     sums.images += size
+    sums.window_images += size
     return is_step
 
 
@@ -249,26 +291,25 @@ def train_one_epoch(ctx: TrainContext, loader: Iterable, epoch: int, start_batch
     """One pass over `loader`, which yields the epoch's batches from `start_batch` on (a resumed epoch).
 
     `totals` are the running sums of the batches before `start_batch` (from a mid-epoch checkpoint).
-    After every optimizer step `ctx.step_hook(epoch, batches_done, signal)` runs (mid-epoch
-    checkpoints, preemption). Only logging steps (every `print_freq` batches) and the epoch's end
-    wait for the device: the figures of the steps between stay there (`DeviceSums`), and so does the
-    choice to skip a non-finite update. Returns the mean loss and grad norm over the finite steps,
-    the last lr, the skipped (non-finite) steps and images/s.
+    After every optimizer step `ctx.step_hook(epoch, batches_done, signal)` runs (mid-epoch checkpoints,
+    preemption; under DDP with the signal agreed one step earlier), and once more after the epoch on a
+    signal still to act on. Only logging steps (every `print_freq` batches) and the epoch's end wait for the
+    device: the figures of the steps between stay there (`DeviceSums`), and so does the choice to skip a
+    non-finite update. Returns the mean loss and grad norm over the finite steps, the last lr, the skipped
+    (non-finite) steps and images/s.
     """
     ctx.model.train()
     ctx.meters = {"loss": 0.0, "grad_norm": 0.0, "loss_scale": 1.0, "img_s": 0.0}
     ctx.totals = {key: 0 for key in EPOCH_TOTALS} | (totals or {})
     ctx.device_sums = DeviceSums(ctx.rt.device)
     total = start_batch + len(loader)
-    started = time.time()
+    started, last_step = time.time(), 0
     ctx.optimizer.zero_grad(set_to_none=True)
-    agreed_signal = 0  # under DDP: a stop signal read at a logging step, acted on at the next window's end
     for index, batch in enumerate(loader, start=start_batch):
-        if batch is None:
-            continue
         closes_window = _train_batch(ctx, batch, index)
         if closes_window:
             _end_of_window(ctx, index)
+            last_step = index + 1
             # The rate of the next update: update k runs at schedule(k), as in timm's train.py (the reference sets
             # schedule(k - 1), one update late, so its warm-up reaches BASE_LR one update after the warm-up ends).
             ctx.scheduler.step_update((epoch * total + index + 1) // ctx.accumulation_steps)
@@ -276,11 +317,13 @@ def train_one_epoch(ctx: TrainContext, loader: Iterable, epoch: int, start_batch
                 ctx.metrics.scalars({"lr_step": max(g["lr"] for g in ctx.optimizer.param_groups)},
                                     epoch * total + index + 1)
         if index % ctx.print_freq == 0 or index == total - 1:
-            agreed_signal = flush(ctx, epoch) or agreed_signal
+            flush(ctx, epoch)
             _log_progress(ctx, epoch, index, total, index - start_batch + 1, started)
         if closes_window and ctx.step_hook is not None:
-            ctx.step_hook(epoch, index + 1, agreed_signal if ctx.rt.is_distributed else ctx.stop_signal())
+            ctx.step_hook(epoch, last_step, _agreed_stop(ctx, 0))
     flush(ctx, epoch)
+    if ctx.step_hook is not None and last_step and (signum := _agreed_stop(ctx, 1)):  # after the last step's hook
+        ctx.step_hook(epoch, last_step, signum)
     return epoch_figures(ctx)
 
 
@@ -304,11 +347,11 @@ def validate(model: nn.Module, loader: Iterable, rt: Runtime, tally: Optional[Cl
     on all ranks; per-class counts into `tally` when given; a progress line every `print_freq` batches.
 
     Counts and sums (not per-rank means) are added over ranks, so any number of processes gives
-    the same figures as one.
+    the same figures as one. They stay on the device, read once at the end: no batch waits for the device.
     """
     model.eval()
-    totals = torch.zeros(4, dtype=torch.float64, device=rt.device)  # correct@1, correct@5, loss sum, count
-    num_classes, started = 0, time.time()
+    totals = torch.zeros(3, dtype=torch.float64, device=rt.device)  # correct@1, correct@5, loss sum
+    num_classes, seen, started = 0, 0, time.time()
     for step, batch in enumerate(loader):
         if batch is None:  # every image of the batch was undecodable and skipped (DATA.DECODE_ERRORS skip)
             continue
@@ -317,16 +360,16 @@ def validate(model: nn.Module, loader: Iterable, rt: Runtime, tally: Optional[Cl
         with rt.autocast():
             logits = model(images)
         logits = logits.float()
-        num_classes = logits.shape[1]
+        num_classes, seen = logits.shape[1], seen + len(targets)  # known on the host, never read back
         loss = nn.functional.cross_entropy(logits, targets, reduction="sum")
         top = logits.topk(min(5, num_classes), dim=1).indices
         hits = top == targets[:, None]
-        totals += torch.stack([hits[:, :1].sum(), hits.sum(), loss, torch.tensor(len(targets), device=rt.device)]
-                              ).to(torch.float64)
+        totals += torch.stack([hits[:, :1].sum(), hits.sum(), loss]).to(torch.float64)
         if tally is not None:
             tally.add(targets, top[:, 0])
         if logger is not None and print_freq and (step + 1) % print_freq == 0 and step + 1 < len(loader):
             logger.info(f"val [{step + 1}/{len(loader)}] {time.time() - started:.0f}s")
+    totals = torch.cat([totals, totals.new_full((1,), seen)])
     correct1, correct5, loss_sum, count = rt.all_reduce_sum(totals).tolist()
     if tally is not None:
         tally.reduce(rt)
@@ -335,12 +378,6 @@ def validate(model: nn.Module, loader: Iterable, rt: Runtime, tally: Optional[Cl
     if num_classes == 0 or num_classes > 5:  # top-5 of five classes or fewer is always 100%
         result["top5"] = 100.0 * correct5 / count
     return result
-
-
-def describe(stats: dict, digits: int = 2) -> str:
-    """`top-1 X% top-5 Y% loss Z` for a validation result (top-5 only where it was measured)."""
-    top5 = f" top-5 {stats['top5']:.{digits}f}%" if "top5" in stats else ""
-    return f"top-1 {stats['top1']:.{digits}f}%{top5} loss {stats['loss']:.4f}"
 
 
 @torch.no_grad()

@@ -11,7 +11,7 @@ import engine
 from checkpoint import load_pretrained, load_weights, reference_state
 from checkpoint_entries import check_entries
 from data import build_eval_loader, build_loader
-from evaluation import ClassTally
+from evaluation import ClassTally, describe
 from runtime import Runtime, prepare_for_inference
 from trainer import new_model, with_num_classes
 from utils import CheckpointError, DataError, UserError, load_checkpoint_file
@@ -79,7 +79,7 @@ def run_eval(config: CfgNode, rt: Runtime, logger: logging.Logger) -> dict:
     example = torch.zeros(loader.batch_size or 1, 3, size, size, device=rt.device)
     model = prepare_for_inference(bare, example, inference_compile_choice(config), logger.info, rt.autocast)
     result = engine.validate(model, loader, rt, tally, logger, config.PRINT_FREQ)
-    logger.info(f"eval on {int(result['count'])} images: {engine.describe(result, digits=3)}")
+    logger.info(f"eval on {int(result['count'])} images: {describe(result, digits=3)}")
     if rt.is_main:
         for path in tally.write(config.OUTPUT, "eval", names):
             logger.info(f"wrote {path}")

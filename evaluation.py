@@ -29,11 +29,13 @@ class ClassTally:
                           if num_classes <= CONFUSION_MAX_CLASSES else None)  # true * C + predicted
 
     def add(self, targets: torch.Tensor, predicted: torch.Tensor) -> None:
-        c = self.num_classes
-        self.count += torch.bincount(targets, minlength=c)[:c].to(torch.float64)
-        self.hits += torch.bincount(targets[predicted == targets], minlength=c)[:c].to(torch.float64)
+        """Count a batch's labels and top-1 predictions on the device. Sums into fixed-size tensors, not bincount
+        or boolean indexing: those size their output from the data and would wait for the device every batch."""
+        ones = torch.ones_like(targets, dtype=torch.float64)
+        self.count.index_add_(0, targets, ones)
+        self.hits.index_add_(0, targets, (predicted == targets).to(torch.float64))
         if self.confusion is not None:
-            self.confusion += torch.bincount(targets * c + predicted, minlength=c * c).to(torch.float64)
+            self.confusion.index_add_(0, targets * self.num_classes + predicted, ones)
 
     def reduce(self, rt: Runtime) -> None:
         for tensor in (self.hits, self.count) + ((self.confusion,) if self.confusion is not None else ()):
@@ -60,6 +62,13 @@ class ClassTally:
             paths.append(os.path.join(folder, f"{prefix}_confusion.png"))
             _draw_confusion(report, paths[1])
         return paths
+
+
+def describe(stats: dict, digits: int = 2) -> str:
+    """`top-1 X% top-5 Y% loss Z` for a validation result (top-5 only where it was measured)."""
+    top5 = f" top-5 {stats['top5']:.{digits}f}%" if "top5" in stats else ""
+    return f"top-1 {stats['top1']:.{digits}f}%{top5} loss {stats['loss']:.4f}"
+
 
 
 def _draw_confusion(report: dict, path: str) -> None:

@@ -10,6 +10,7 @@ import signal
 import time
 from typing import Optional
 
+import torch
 from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 from torch import nn
 from yacs.config import CfgNode
@@ -28,7 +29,8 @@ from checkpoint import (
 )
 from checkpoint_entries import malformed_entry
 from data import LoaderBundle, build_loader
-from evaluation import ClassTally
+from data.simmim import build_mask_generator
+from evaluation import ClassTally, describe
 from logger import MetricsWriter
 from lr_scheduler import build_scheduler, scale_lrs
 from models import build_model
@@ -104,6 +106,19 @@ def build_criterion(config: CfgNode, has_mixup: bool) -> Optional[nn.Module]:
     return nn.CrossEntropyLoss()
 
 
+def blank_batch(config: CfgNode, rt: Runtime) -> tuple[torch.Tensor, torch.Tensor]:
+    """One all-zero RGB image at DATA.IMG_SIZE with label 0, or in SimMIM pre-training with an empty mask of the
+    generator's shape: what stands in for a training batch that lost every image (engine.TrainContext.blank_batch).
+    Built from the config, so it exists before the first batch, which may be that batch."""
+    size = config.DATA.IMG_SIZE
+    images = torch.zeros(1, 3, size, size, device=rt.device)
+    if not config.MODEL.SIMMIM.PRETRAIN:
+        return images, torch.zeros(1, dtype=torch.int64, device=rt.device)
+    masks = build_mask_generator(config)
+    side = masks.cells * masks.scale  # H/p, as MaskGenerator repeats each cell over the model patches it covers
+    return images, torch.zeros(1, side, side, dtype=torch.bool, device=rt.device)
+
+
 def with_num_classes(config: CfgNode, num_classes: int) -> CfgNode:
     """`config` building a model with `num_classes` outputs (the data's or the checkpoint's class count)."""
     config = config.clone()
@@ -150,7 +165,7 @@ def _make_context(config: CfgNode, rt: Runtime, data: LoaderBundle, model: nn.Mo
         scheduler=build_scheduler(config, optimizer, steps_per_epoch, lrs), scaler=rt.make_scaler(), rt=rt,
         logger=logger, mixup_fn=data.mixup_fn, clip_grad=config.TRAIN.CLIP_GRAD,
         accumulation_steps=config.TRAIN.ACCUMULATION_STEPS, print_freq=config.PRINT_FREQ,
-        max_nonfinite=config.TRAIN.MAX_NONFINITE,
+        max_nonfinite=config.TRAIN.MAX_NONFINITE, blank_batch=blank_batch(config, rt),
     )
 
 
@@ -364,7 +379,7 @@ class Training:
         val_stats = engine.validate(self.bare, self.data.loader_val, self.rt, tally, self.logger,
                                     self.config.PRINT_FREQ)
         best = max(self.max_accuracy, val_stats["top1"])
-        self.logger.info(f"epoch {epoch}: val {engine.describe(val_stats)} (best top-1 {best:.2f}%)")
+        self.logger.info(f"epoch {epoch}: val {describe(val_stats)} (best top-1 {best:.2f}%)")
         if tally is not None and self.rt.is_main:
             for path in tally.write(self.config.OUTPUT, "val", self.data.class_names):
                 self.logger.info(f"wrote {path}")

@@ -7,10 +7,13 @@ these tests exercise it there with a CPU GradScaler.
 import json
 import logging
 
+import pytest
 import torch
 from timm.scheduler import StepLRScheduler
+from torch.utils._python_dispatch import TorchDispatchMode
 
 import engine
+from evaluation import ClassTally
 from logger import MetricsWriter
 from runtime import Runtime
 
@@ -127,9 +130,10 @@ def test_steps_that_do_not_log_never_wait_for_the_device_and_still_skip_non_fini
     assert torch.isfinite(ctx.ema.module.linear.weight).all()
 
 
-def test_under_ddp_a_stop_signal_read_at_a_logging_step_reaches_the_next_window_end(tmp_path):
-    """Logging steps (even batches here) never close an accumulation window (odd batches): the signal agreed at
-    one still stops training at the next window's end."""
+def test_under_ddp_a_stop_signal_agreed_at_one_window_end_stops_at_the_next_without_a_logging_step(tmp_path):
+    """The ranks agree on the signal in the window's collective and act on it one optimizer step later, whatever
+    PRINT_FREQ is (here no batch but the first and last logs); a signal agreed at the epoch's last step is acted
+    on once more after the epoch."""
     import signal
 
     import torch.distributed as dist
@@ -139,10 +143,119 @@ def test_under_ddp_a_stop_signal_read_at_a_logging_step_reaches_the_next_window_
         model = Scripted()
         ctx = context(model, torch.optim.SGD(model.parameters(), lr=0.1), accumulation=2)
         ctx.rt = Runtime(torch.device("cpu"), world_size=2)  # a process group of one that takes the DDP paths
-        ctx.print_freq, ctx.stop_signal = 2, lambda: signal.SIGTERM
+        ctx.print_freq, ctx.stop_signal = 100, lambda: signal.SIGTERM if model.calls >= 3 else 0
         calls = []
         ctx.step_hook = lambda epoch, done, signum: calls.append((done, signum))
         engine.train_one_epoch(ctx, batches(8), epoch=0)
     finally:
         dist.destroy_process_group()
-    assert calls[0] == (2, 0) and calls[1] == (4, signal.SIGTERM), calls
+    # The signal comes during the second window (batch 3), is agreed at its end and acted on at the third's.
+    assert calls[:3] == [(2, 0), (4, 0), (6, signal.SIGTERM)], calls
+    assert calls[-2:] == [(8, signal.SIGTERM), (8, signal.SIGTERM)], calls  # the last window's, after the epoch
+
+
+def test_a_batch_that_lost_every_image_still_goes_forward_and_backward_and_changes_nothing():
+    """DATA.DECODE_ERRORS skip: a batch of no image (None) runs the blank batch through the model, so under DDP this
+    rank joins the step's collectives, with zero gradient; a window of no image on any rank is no update at all."""
+    data = batches(4)
+    model = Scripted()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=0.1, fused=True)
+    ctx = context(model, optimizer, accumulation=2)
+    ctx.blank_batch = (torch.zeros(1, 4), torch.zeros(1, dtype=torch.int64))
+    stats = engine.train_one_epoch(ctx, [data[0], None, None, None, data[1], data[2]], epoch=0)
+    assert model.calls == 6  # every batch went forward, the three without images as the blank one
+    assert stats["skipped_steps"] == 0.0 and int(optimizer.state[model.linear.weight]["step"]) == 2
+    reference = Scripted()  # the two windows' updates without the blank batches, whose gradient was zero
+    plain = torch.optim.AdamW(reference.parameters(), lr=0.1, fused=True)
+    for window in ((data[0],), (data[1], data[2])):
+        for images, labels in window:
+            (torch.nn.functional.cross_entropy(reference(images), labels) / 2).backward()
+        plain.step()
+        plain.zero_grad()
+    torch.testing.assert_close(model.linear.weight, reference.linear.weight)
+
+
+class NanLossValue(torch.nn.Module):
+    """Cross-entropy whose value is NaN on the listed calls while its gradient stays finite (a NaN constant added)."""
+
+    def __init__(self, nan_calls: set) -> None:
+        super().__init__()
+        self.nan_calls, self.calls = nan_calls, 0
+
+    def forward(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        loss = torch.nn.functional.cross_entropy(logits, labels)
+        return loss + float("nan") if self.calls in self.nan_calls else loss
+
+
+@pytest.mark.parametrize("fused", [False, True])
+def test_fp16_a_window_skipped_for_a_non_finite_loss_with_finite_gradients_changes_nothing(fused):
+    """The loss scaler's step checks the gradients only; the window it is given here has finite ones and a NaN loss,
+    so the engine calls it skipped, and the weights and the optimizer's state (step, moments) must show no step."""
+    data = batches(2)
+    model = Scripted()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=0.1, fused=fused)
+    ctx = context(model, optimizer, fp16_scaler=True)
+    ctx.criterion = NanLossValue({1})
+    stats = engine.train_one_epoch(ctx, data, epoch=0)
+    assert stats["skipped_steps"] == 1.0
+    reference = Scripted()  # the second batch's update alone
+    plain = torch.optim.AdamW(reference.parameters(), lr=0.1, fused=fused)
+    reference_ctx = context(reference, plain, fp16_scaler=True)
+    engine.train_one_epoch(reference_ctx, data[1:], epoch=0, start_batch=1)
+    for name, param in model.named_parameters():
+        reference_param = dict(reference.named_parameters())[name]
+        assert torch.equal(param, reference_param), name
+        state, expected = optimizer.state[param], plain.state[reference_param]
+        assert float(state["step"]) == float(expected["step"]) == 1.0, name
+        for moment in ("exp_avg", "exp_avg_sq"):
+            assert torch.equal(state[moment], expected[moment]), (name, moment)
+
+
+class HostReads(TorchDispatchMode):
+    """Records the operators that make the host wait for the device: reading a value (`item`, `bool`), copying host
+    data to it (`torch.tensor`), and those whose output size depends on the data (bincount, nonzero, masking)."""
+
+    WAITING = {"aten._local_scalar_dense", "aten.lift_fresh", "aten.bincount", "aten.nonzero", "aten.masked_select",
+               "aten.unique", "aten._unique2"}
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.found: list[str] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN204
+        name = func.overloadpacket._qualified_op_name.replace("::", ".")
+        masked = name == "aten.index" and any(i is not None and i.dtype == torch.bool for i in args[1])
+        if name in self.WAITING or masked:
+            self.found.append(name)
+        return func(*args, **(kwargs or {}))
+
+
+def test_validation_keeps_each_batch_on_the_device_and_reads_its_sums_once(monkeypatch):
+    """No batch of validate waits for the device (no value read, no host data copied in, no data-sized output):
+    the figures and per-class counts are read once at the end, and equal those computed directly."""
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 7)
+    generator = torch.Generator().manual_seed(2)
+    data = [(torch.randn(5, 4, generator=generator), torch.randint(0, 7, (5,), generator=generator))
+            for _ in range(6)]
+    rt = Runtime(torch.device("cpu"))
+    tally = ClassTally(7, rt.device)
+    reads = []
+    for name in ("item", "tolist", "__bool__", "__float__", "__int__"):
+        original = getattr(torch.Tensor, name)
+        monkeypatch.setattr(torch.Tensor, name, lambda self, *a, _f=original, _n=name: reads.append(_n) or _f(self, *a))
+    with HostReads() as host:
+        result = engine.validate(model, data, rt, tally)
+    monkeypatch.undo()
+    assert host.found == [] and reads == ["tolist"], (host.found, reads)
+    images, labels = torch.cat([d[0] for d in data]), torch.cat([d[1] for d in data])
+    with torch.no_grad():
+        logits = model(images)
+    top1 = logits.argmax(1)
+    assert result["count"] == 30.0 and result["top1"] == 100.0 * (top1 == labels).sum().item() / 30
+    assert result["top5"] == 100.0 * (logits.topk(5, 1).indices == labels[:, None]).sum().item() / 30
+    assert abs(result["loss"] - torch.nn.functional.cross_entropy(logits, labels).item()) < 1e-6
+    assert torch.equal(tally.count, torch.bincount(labels, minlength=7).double())
+    assert torch.equal(tally.hits, torch.bincount(labels[top1 == labels], minlength=7).double())
+    assert torch.equal(tally.confusion, torch.bincount(labels * 7 + top1, minlength=49).double())
