@@ -29,7 +29,8 @@ from weights import with_local_weights
 TIMM_FLAGS = {
     "--lr": "TRAIN.BASE_LR|, a rate per 512 images that is scaled to the global batch",
     "--epochs": "TRAIN.EPOCHS", "--img-size": "DATA.IMG_SIZE",
-    "--input-size": "DATA.IMG_SIZE|, one side of the square image", "--workers": "DATA.NUM_WORKERS", "-j": "DATA.NUM_WORKERS",
+    "--input-size": "DATA.IMG_SIZE|, one side of the square image", "--workers": "DATA.NUM_WORKERS",
+    "-j": "DATA.NUM_WORKERS",
     "--weight-decay": "TRAIN.WEIGHT_DECAY", "--wd": "TRAIN.WEIGHT_DECAY", "--drop-path": "MODEL.DROP_PATH_RATE",
     "--drop": "MODEL.DROP_RATE", "--warmup-epochs": "TRAIN.WARMUP_EPOCHS", "--warmup-lr": "TRAIN.WARMUP_LR",
     "--min-lr": "TRAIN.MIN_LR", "--smoothing": "MODEL.LABEL_SMOOTHING", "--mixup": "AUG.MIXUP",

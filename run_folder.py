@@ -15,7 +15,16 @@ from typing import Any, Optional
 import yaml
 from yacs.config import CfgNode
 
-from utils import ConfigError, UserError, output_folder_error, save_text, training_checkpoints, training_position
+from utils import (
+    ConfigError,
+    UserError,
+    find_resume_checkpoint,
+    load_checkpoint_file,
+    output_folder_error,
+    save_text,
+    training_checkpoints,
+    training_position,
+)
 
 # Keys that change how a run is executed or recorded, not what it trains; a rerun may change them freely.
 _FREE_KEYS = {
@@ -144,6 +153,31 @@ def write_config(folder: str, config: CfgNode, resumed_epoch: int, differences: 
     if differences and os.path.exists(path):
         os.replace(path, os.path.join(folder, f"config_until_epoch_{resumed_epoch}.yaml"))
     save_text(config.dump(), path)
+
+
+def continued_checkpoint(config: CfgNode, logger: logging.Logger) -> str:
+    """The checkpoint an explicit --resume CKPT starts from: CKPT, or the newest checkpoint of the output folder where
+    a run started with the same --resume CKPT wrote it. A preempted or requeued job reruns its command as it was, so
+    that command must carry on from where the run stopped, not be refused for the checkpoints the run wrote."""
+    given, written = config.MODEL.RESUME, training_checkpoints(config.OUTPUT)
+    if not written or (os.path.exists(given) and os.path.realpath(written[0]) == os.path.realpath(given)):
+        return given
+    newest = find_resume_checkpoint(config.OUTPUT, logger)
+    if not newest or not _started_from(newest, given):
+        return given
+    logger.info(f"--resume {given}: {config.OUTPUT} holds later checkpoints of the run it started; continuing from "
+                f"the newest, {newest}")
+    return newest
+
+
+def _started_from(path: str, given: str) -> bool:
+    """Whether the checkpoint at `path` was written by a run started with --resume `given`."""
+    try:
+        stored = yaml.safe_load(load_checkpoint_file(path).get("config") or "")
+        resumed = stored["MODEL"]["RESUME"]
+    except (UserError, yaml.YAMLError, RecursionError, TypeError, KeyError, AttributeError):
+        return False
+    return isinstance(resumed, str) and bool(resumed) and os.path.realpath(resumed) == os.path.realpath(given)
 
 
 def check_nothing_overwritten(config: CfgNode, start_path: str, position: tuple[int, int]) -> None:

@@ -41,6 +41,7 @@ from run_folder import (
     check_folder_token,
     check_nothing_overwritten,
     check_resumable,
+    continued_checkpoint,
     new_folder_token,
     remove_folder_token,
     remove_stale_temporaries,
@@ -48,7 +49,7 @@ from run_folder import (
     write_config,
 )
 from runtime import Runtime, prepare_for_training, wrap_model
-from utils import STOP_SIGNALS, UserError, find_resume_checkpoint, prune_checkpoints
+from utils import STOP_SIGNALS, UserError, counted, find_resume_checkpoint, prune_checkpoints
 
 
 class Interrupted(Exception):
@@ -209,10 +210,15 @@ class Training:
                 remove_folder_token(folder, token)
 
     def _choose_checkpoint(self) -> str:
-        """--resume, else (on rank 0, for every rank) the newest readable checkpoint of the output folder."""
+        """(On rank 0, for every rank) --resume, or where it started this folder's run the newest checkpoint of that
+        run; else the newest readable checkpoint of the output folder."""
         config = self.config
-        if config.MODEL.RESUME or not config.TRAIN.AUTO_RESUME or not self.rt.is_main:
+        if not self.rt.is_main:
             return config.MODEL.RESUME
+        if config.MODEL.RESUME:
+            return continued_checkpoint(config, self.logger)
+        if not config.TRAIN.AUTO_RESUME:
+            return ""
         path = find_resume_checkpoint(config.OUTPUT, self.logger) or ""
         if path:
             self.logger.info(f"auto-resume from {path}")
@@ -224,7 +230,7 @@ class Training:
         if not path:
             check_nothing_overwritten(config, "", (config.TRAIN.START_EPOCH, 0))
             if config.MODEL.PRETRAINED:
-                load_pretrained(self.bare, config.MODEL.PRETRAINED, self.logger)
+                load_pretrained(self.bare, config.MODEL.PRETRAINED, self.logger, self.data.class_names)
             self._start_ema(None)
             return ResumePoint("", config.TRAIN.START_EPOCH, 0)
         payload = load_model_weights(path, self.bare, self.logger)
@@ -313,8 +319,8 @@ class Training:
         point = self._setup()
         if point.epoch >= self.config.TRAIN.EPOCHS:
             outcome = self._outcome() if self.history else f"best val top-1 {self.max_accuracy:.2f}%"
-            self.logger.info(f"run {self.config.OUTPUT} is finished: {point.epoch} epochs, {outcome}; to train "
-                             f"longer, pass --resume {point.path} with a larger TRAIN.EPOCHS")
+            self.logger.info(f"run {self.config.OUTPUT} is finished: {counted(point.epoch, 'epoch')}, {outcome}; to "
+                             f"train longer, pass --resume {point.path} with a larger TRAIN.EPOCHS")
             return {"max_accuracy": self.max_accuracy}
         return self._train(point)
 
@@ -339,7 +345,8 @@ class Training:
         """Best epoch, its top-1, where best.pth is (pre-training: the last loss), and the time of every run of
         this training together."""
         seconds = sum(r.get("train_s", 0.0) + r.get("val_s", 0.0) for r in self.history)
-        took = f"{len(self.history)} epochs took {seconds / 60:.1f} min of training and validation over all runs"
+        took = (f"{counted(len(self.history), 'epoch')} took {seconds / 60:.1f} min of training and validation over "
+                "all runs")
         if "val_top1" not in self.history[-1]:
             return f"last epoch's reconstruction loss {self.history[-1]['train_loss']:.4f}; {took}"
         best = max(reversed(self.history), key=lambda r: r["val_top1"])  # the last of equals, as best.pth is

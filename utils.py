@@ -58,6 +58,11 @@ def announce_user_error(err: UserError, show: bool) -> None:
     signal.signal(signal.SIGTERM, lambda *_: os._exit(2))
 
 
+def counted(count: int, noun: str) -> str:
+    """`count` with `noun` in the singular or plural: "1 epoch", "3 epochs"."""
+    return f"{count} {noun}" + ("" if count == 1 else "s")
+
+
 def tell(line: str) -> None:
     """Print `line` on stderr; a stderr that cannot take it (a full disk, a closed pipe) must not turn the exit
     code of what is being told into a traceback's."""

@@ -110,6 +110,24 @@ def test_a_stop_signal_mid_epoch_with_workers_resumes_bitwise(name, group, strai
     assert metrics_lines(tmp_path) == metrics_lines(straight)
 
 
+@pytest.mark.parametrize("source", ["another folder", "its own folder"])
+def test_a_run_started_with_resume_and_preempted_continues_when_its_command_is_rerun(source, straight, tmp_path):
+    """A requeued job reruns its command as it was, --resume CKPT included: that carries on from the newest checkpoint
+    the run wrote, not from CKPT (which the folder's later checkpoints would refuse), and ends bitwise as one run."""
+    start = os.path.join(run_dir(straight), "ckpt_epoch_0.pth")
+    if source == "its own folder":
+        os.makedirs(run_dir(tmp_path))
+        start = shutil.copy(start, run_dir(tmp_path))
+    resumed = command(tmp_path, flags=("--resume", start))
+    stopped = interrupt_after(resumed, r"train 1 \[20/", signal.SIGTERM)
+    assert stopped.returncode == 128 + signal.SIGTERM and "rerun the same command" in stopped.stderr, stopped.stderr
+    result = ok(run(resumed))
+    assert re.search(r"holds later checkpoints of the run it started; continuing from the newest, "
+                     r".*ckpt_epoch_1_step_2\d\.pth", result.stdout), result.stdout[-3000:]
+    assert_same_weights(weights(straight), weights(tmp_path))
+    assert "is finished: 2 epochs" in ok(run(resumed)).stdout
+
+
 def test_ctrl_c_pressed_twice_saves_once_and_prints_no_traceback(straight, tmp_path):
     stopped = interrupt_after(command(tmp_path), r"train 1 \[20/", signal.SIGINT, group=True, again_after=0.05)
     assert stopped.returncode in (128 + signal.SIGINT, -signal.SIGINT), stopped.stderr[-2000:]  # by code or by signal

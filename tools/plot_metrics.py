@@ -17,7 +17,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from cli import StrictParser, run_command  # noqa: E402
-from utils import UserError, kind_problem, require_output, write_atomically  # noqa: E402
+from utils import UserError, counted, kind_problem, require_output, write_atomically  # noqa: E402
 
 # The figures each epoch record must hold to be drawn (top-5 is drawn where it was measured: over 5 classes);
 # SimMIM pre-training has no validation.
@@ -176,7 +176,8 @@ def _plot(args: argparse.Namespace) -> int:
     else:
         best = max(reversed(records), key=lambda r: r["val_top1"])
         outcome = f"best val top-1 {best['val_top1']:.2f}% at epoch {best['epoch']}"
-    print(f"wrote {output} ({len(records)} epochs; {outcome}; {len(resumed_epochs(records))} resumes; "
+    resumes = counted(len(resumed_epochs(records)), "resume")
+    print(f"wrote {output} ({counted(len(records), 'epoch')}; {outcome}; {resumes}; "
           f"lr {'per step' if steps else 'per epoch'})")
     return 0
 
