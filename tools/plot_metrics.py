@@ -71,12 +71,13 @@ def _is_number(value: object) -> bool:
 
 def output_path(output: str) -> str:
     """The file the plot goes to: `output` with an image format matplotlib writes (a name without one gets .png);
-    a one-line UserError for another extension, or a path a tool's output may not take (checked on the name written,
-    .png included)."""
+    a one-line UserError for another extension, or a path a tool's output may not take (the name given, a folder
+    say, and the name written, .png included)."""
+    require_output(output)
     extension = os.path.splitext(output)[1][1:].lower()
     if not extension:
         output, extension = output + ".png", "png"
-    require_output(output)
+        require_output(output)
     from matplotlib.backend_bases import FigureCanvasBase
 
     supported = FigureCanvasBase.get_supported_filetypes()
