@@ -70,7 +70,6 @@ def describe(stats: dict, digits: int = 2) -> str:
     return f"top-1 {stats['top1']:.{digits}f}%{top5} loss {stats['loss']:.4f}"
 
 
-
 def _draw_confusion(report: dict, path: str) -> None:
     import matplotlib
 
