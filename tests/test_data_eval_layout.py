@@ -6,8 +6,7 @@ import shutil
 
 import pytest
 import torch
-from conftest import TINY_CFG, assert_user_error, run_main
-from test_data_shards import config_for, write_layouts
+from conftest import TINY_CFG, assert_user_error, config_for, run_main, write_layouts
 
 from data import build_eval_loader
 from data.datasets import ImageFolderDataset, ZipMapDataset

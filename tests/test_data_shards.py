@@ -1,53 +1,13 @@
 """Sharding over ranks: every rank runs the same number of training steps in every data mode, and with the zip
 `part` cache each rank caches only the images its own shard reads, validation included."""
 
-import io
-import os
-import zipfile
-
-import numpy as np
 import pytest
 import torch
-from conftest import TINY_CFG
-from PIL import Image
+from conftest import config_for, image_bytes, member, write_layouts
 
-from config import load_config
 from data import build_eval_loader, build_loader
 from data.samplers import ExactShardSampler, ShardRandomSampler
 from runtime import Runtime
-
-CLASSES = ("ant", "bee")
-
-
-def image_bytes(index: int) -> bytes:
-    """A small PNG, a different colour for each index."""
-    buffer = io.BytesIO()
-    Image.fromarray(np.full((8, 8, 3), (37 * index % 256, 90 * (index % 2), 200), np.uint8)).save(buffer, "PNG")
-    return buffer.getvalue()
-
-
-def member(index: int) -> str:
-    """The name in the zip (and below the split's folder) of image `index`; classes alternate."""
-    return f"{CLASSES[index % 2]}/{index}.png"
-
-
-def write_layouts(root: str, counts: dict[str, int]) -> None:
-    """`<split>.zip` + `<split>_map.txt` and the same images as `<split>/<class>/` folders, `counts[split]` each."""
-    for split, count in counts.items():
-        with zipfile.ZipFile(os.path.join(root, f"{split}.zip"), "w") as archive:
-            for i in range(count):
-                archive.writestr(member(i), image_bytes(i))
-                os.makedirs(os.path.join(root, split, CLASSES[i % 2]), exist_ok=True)
-                with open(os.path.join(root, split, member(i)), "wb") as f:
-                    f.write(image_bytes(i))
-        with open(os.path.join(root, f"{split}_map.txt"), "w") as f:
-            f.writelines(f"{member(i)}\t{i % 2}\n" for i in range(count))
-
-
-def config_for(root: str, zip_mode: bool, cache_mode: str = "part"):
-    return load_config(TINY_CFG, ("DATA.DATASET", "'imagenet'", "DATA.DATA_PATH", root, "DATA.ZIP_MODE",
-                                  str(zip_mode), "DATA.CACHE_MODE", f"'{cache_mode}'", "DATA.BATCH_SIZE", "2",
-                                  "MODEL.NUM_CLASSES", "2"))
 
 
 def rank_of(rank: int, world_size: int) -> Runtime:

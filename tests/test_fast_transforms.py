@@ -12,9 +12,19 @@ import zipfile
 import numpy as np
 import pytest
 import torch
-from conftest import DATASETS, assert_user_error, requires_dataset
+from conftest import (
+    DATASETS,
+    assert_same_weights,
+    assert_user_error,
+    command,
+    interrupt_after,
+    ok,
+    requires_dataset,
+    run,
+    run_dir,
+    weights,
+)
 from PIL import Image
-from test_resume import assert_same_weights, command, interrupt_after, ok, run, run_dir, weights
 from timm.data import auto_augment
 
 from config import load_config

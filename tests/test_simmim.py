@@ -13,9 +13,20 @@ import pytest
 import torch
 import torch.nn.functional as F
 from bad_inputs import png_bytes, zip_tree
-from conftest import ROOT, TINY_CFG, assert_user_error, run_main
+from conftest import (
+    ROOT,
+    TINY_CFG,
+    assert_user_error,
+    command,
+    interrupt_after,
+    metrics_lines,
+    ok,
+    run,
+    run_dir,
+    run_main,
+    torchrun,
+)
 from PIL import Image
-from test_resume import command, interrupt_after, metrics_lines, ok, run, run_dir, torchrun
 from yacs.config import CfgNode
 
 from checkpoint import load_pretrained
