@@ -14,7 +14,7 @@ import signal
 import sys
 from typing import Callable, Iterator, NoReturn, Optional, TextIO
 
-from config_checks import SEED_RANGE
+from configuration.checks import SEED_RANGE
 from utils import WRITE_ERRNOS, UserError, discard_stdout, report_user_error, tell
 
 

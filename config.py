@@ -1,21 +1,23 @@
 """Configuration: the reference Swin defaults (`_C`), `load_config` and `get_config`.
 
 Keys, groups and flags are the reference code's, so its configs and command lines work here
-unchanged; config_merge merges them strictly (one line per mistake) and config_checks checks values.
+unchanged; configuration/merge.py merges them strictly (one line per mistake) and configuration/checks.py
+checks values.
 """
 
 import os
-import re
 from typing import Any, Iterable, Optional
 
 from yacs.config import CfgNode as CN
 
-from config_checks import architecture_differences, validate_config
-from config_merge import flags_as_opts, merge_file, merge_opts, merge_stored
+from checkpoints.download import local_weights
+from checkpoints.files import load_checkpoint_file
+from checkpoints.run_folder import finetune_tag, tag_beside_weights
+from configuration.checks import architecture_differences, validate_config
+from configuration.merge import flags_as_opts, merge_file, merge_opts, merge_stored
 from models import zoo
 from runtime import launcher_ranks
-from utils import ConfigError, load_checkpoint_file
-from weights import local_weights
+from utils import ConfigError
 
 _ROOT = os.path.dirname(os.path.abspath(__file__))
 
@@ -54,7 +56,7 @@ _C.DATA.MASK_RATIO = 0.6
 _C.DATA.DECODE_ERRORS = "fail"
 
 _C.MODEL = CN()
-# Model family: swin, swinv2 or swin_mlp.
+# Model family: swin, swinv2 or swin_mlp (models.build.FAMILIES).
 _C.MODEL.TYPE = "swin"
 # Model name; also the output sub-folder.
 _C.MODEL.NAME = "swin_tiny_patch4_window7_224"
@@ -316,7 +318,7 @@ def load_stored_config(text: str, source: str, opts: Iterable[str] = (), for_fin
     """The config a checkpoint of this project carries, with `opts` on top; OUTPUT back to its root folder.
 
     `for_finetuning` (--pretrained): a new run on new data, so the data source is the user's to give
-    (--data-path), and the run gets its own folder (finetune_tag), never the one it starts from.
+    (--data-path), and the run gets its own folder (run_folder.finetune_tag), never the one it starts from.
     """
     cfg = default_config()
     merge_stored(cfg, text, source)
@@ -337,13 +339,6 @@ def load_stored_config(text: str, source: str, opts: Iterable[str] = (), for_fin
         cfg.MODEL.NUM_CLASSES = _C.MODEL.NUM_CLASSES  # the new data's
         cfg.TAG = finetune_tag(cfg.TAG)
     return _finish(cfg, opts)
-
-
-def finetune_tag(source_tag: str) -> str:
-    """The tag of a fine-tune from a run tagged `source_tag`: `finetune`, and from a fine-tune the next number
-    (`finetune_2`, `finetune_3`, ...), so a fine-tune never lands in the folder of the run it starts from."""
-    match = re.fullmatch(r"finetune(?:_(\d+))?", source_tag)
-    return f"finetune_{int(match.group(1) or 1) + 1}" if match else "finetune"
 
 
 def config_from_weights(spec: str, flag: str, opts: Iterable[str] = (), payload: Optional[dict] = None) -> CN:
@@ -406,20 +401,11 @@ def get_config(args: Any) -> CN:
     if flag is not None and flag < 0:
         raise ConfigError(f"--local_rank is {flag}; a local rank is a whole number from 0 (the launcher sets it)")
     cfg.LOCAL_RANK = launcher_ranks()[2] if "LOCAL_RANK" in os.environ or flag is None else flag
-    root = cfg.OUTPUT
-    cfg.OUTPUT = os.path.join(root, cfg.MODEL.NAME, cfg.TAG)
-    if _in_folder(cfg.MODEL.PRETRAINED, cfg.OUTPUT) and not (cfg.EVAL_MODE or cfg.THROUGHPUT_MODE):
+    if not (cfg.EVAL_MODE or cfg.THROUGHPUT_MODE):
         tag_is_ours = not (args.cfg or args.tag or "TAG" in (args.opts or ())[::2])
-        if not tag_is_ours:
-            raise ConfigError(f"--pretrained {cfg.MODEL.PRETRAINED} lies in {cfg.OUTPUT}, the output folder of this "
-                              "run, which would resume that run instead of starting from its weights; pass --tag "
-                              "NAME to fine-tune in a folder of its own")
-        cfg.TAG = finetune_tag(cfg.TAG)  # the source lies in that folder (moved there): the next one over
-        cfg.OUTPUT = os.path.join(root, cfg.MODEL.NAME, cfg.TAG)
+        cfg.TAG = tag_beside_weights(os.path.join(cfg.OUTPUT, cfg.MODEL.NAME), cfg.TAG, cfg.MODEL.PRETRAINED,
+                                     tag_is_ours)
+    cfg.OUTPUT = os.path.join(cfg.OUTPUT, cfg.MODEL.NAME, cfg.TAG)
     cfg.freeze()
     return cfg
 
-
-def _in_folder(path: str, folder: str) -> bool:
-    """Whether `path` is an existing file directly in `folder`."""
-    return bool(path) and os.path.isfile(path) and os.path.dirname(os.path.realpath(path)) == os.path.realpath(folder)

@@ -14,16 +14,18 @@ from typing import Optional
 
 from yacs.config import CfgNode
 
+from checkpoints.download import with_local_weights
+from checkpoints.run_folder import RunLock
 from cli import StrictParser, run_command
 from config import get_config
-from config_checks import reference_only_notes
-from evaluate import run_eval, run_throughput
+from configuration.checks import reference_only_notes
+from jobs.evaluate import run_eval
+from jobs.stopping import Interrupted
+from jobs.throughput import run_throughput
+from jobs.train import run_training
 from logger import create_logger
-from run_folder import RunLock
-from runtime import init_runtime, launcher_ranks, meet_before_exit, shutdown_runtime
-from trainer import Interrupted, run_training
-from utils import UserError, announce_user_error, seed_everything, tell, write_to_log_files
-from weights import with_local_weights
+from runtime import init_runtime, launcher_ranks, meet_before_exit, seed_everything, shutdown_runtime
+from utils import UserError, announce_user_error, tell, write_to_log_files
 
 # timm train.py flags and what sets the same thing here (hints, not aliases: one way to set each thing).
 TIMM_FLAGS = {
@@ -145,7 +147,7 @@ def _run_main(args: argparse.Namespace, is_rank0: bool) -> int:
     try:
         requested = get_config(args)
         # Weights are fetched before any process group exists, so no rank waits in a collective on a download; the
-        # ranks of a node download once (weights.local_weights).
+        # ranks of a node download once (checkpoints.download.local_weights).
         config = with_local_weights(requested)
     except UserError as err:
         err.agreed = True  # every rank reads the same flags and files, and fetches the same weights

@@ -362,3 +362,9 @@ def wrap_model(model: nn.Module, rt: Runtime, compile_model: bool = False) -> tu
         device_ids = [rt.device.index] if rt.device.type == "cuda" else None
         model = nn.parallel.DistributedDataParallel(bare, device_ids=device_ids, **_NO_BUFFER_SYNC_PER_FORWARD)
     return (torch.compile(model) if compile_model else model), bare
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch, so runs with the same seed draw the same numbers."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)

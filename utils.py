@@ -1,4 +1,5 @@
-"""User errors, atomic checkpoint I/O, auto-resume and seeding.
+"""What every part shares: the user-error types and how a mistake is told (one `error:` line), the signals that
+stop a run, and writing a user's file so that a failure leaves the old file or none, never half of one.
 
 `main()` catches `UserError`, prints `error: <message>` on stderr and exits with code 2;
 everything else is a bug and keeps its traceback.
@@ -6,22 +7,12 @@ everything else is a bug and keeps its traceback.
 
 import contextlib
 import errno
-import fnmatch
-import glob
 import logging
 import os
-import pickle
-import random
-import re
 import shutil
 import signal
 import sys
-import warnings
-import zipfile
-from typing import Callable, Iterable, Iterator, Optional
-
-import numpy as np
-import torch
+from typing import Callable, Iterator, Optional
 
 # The signals that stop a run for good: a launcher's or scheduler's SIGTERM, Ctrl-C, a closed terminal or SSH
 # session. Training saves a checkpoint on each; loader workers ignore them and are ended by training.
@@ -153,52 +144,6 @@ def require_folder_of(path: str) -> None:
         raise UserError(f"cannot write {path}: folder {folder} is read-only or not yours to write; pick another path")
 
 
-# What a run keeps in its output folder (the one with its config.yaml) beside its checkpoints: its records, which a
-# tool's output never replaces.
-RUN_RECORDS = ("config.yaml", "config_until_epoch_*.yaml", "metrics.jsonl", "log_rank*.txt", "*_per_class.json",
-               "*_confusion.png")
-
-
-def _is_run_record(path: str) -> bool:
-    folder, name = os.path.split(os.path.abspath(path))
-    return os.path.isfile(os.path.join(folder, "config.yaml")) and any(fnmatch.fnmatch(name, p) for p in RUN_RECORDS)
-
-
-def require_output(path: str, inputs: Iterable[Optional[str]] = ()) -> None:
-    """A tool's output check: `path` can be written (require_folder_of), and is none of the command's `inputs`, a
-    training checkpoint or a run's record (RUN_RECORDS), which a tool's result must never replace."""
-    require_folder_of(path)
-    if not os.path.exists(path):
-        return
-    if _is_run_record(path):
-        raise UserError(f"cannot write {path}: it is a record of the training run in that folder, which this would "
-                        "replace; write the result under another name")
-    for given in inputs:
-        if given and os.path.exists(given) and os.path.samefile(path, given):
-            raise UserError(f"cannot write {path}: it is an input of this command ({given}); write the result "
-                            "under another name")
-    if _is_training_checkpoint(path):
-        raise UserError(f"cannot write {path}: it is a training checkpoint (it holds optimizer state), which this "
-                        "would replace; write the result under another name")
-
-
-def _is_training_checkpoint(path: str) -> bool:
-    """A torch.save archive with optimizer state; one that pickles more than the weights-only loader reads (a
-    reference run's config) counts as one too."""
-    try:
-        with zipfile.ZipFile(path) as archive:
-            if not any(name.endswith("/data.pkl") for name in archive.namelist()) or _export_kind(path):
-                return False
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)
-            payload = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except pickle.UnpicklingError:
-        return True
-    except (zipfile.BadZipFile, OSError, ValueError, RuntimeError, EOFError, AttributeError, TypeError, KeyError):
-        return False  # damaged: whatever it was, it no longer holds a run
-    return isinstance(payload, dict) and "optimizer" in payload
-
-
 def write_atomically(path: str, write: Callable[[str], None]) -> None:
     """Run `write(tmp_path)`, then move the file over `path`: a crash leaves the old file or none, never half a file."""
     require_folder_of(path)
@@ -238,11 +183,6 @@ def _is_out_of_space(err: BaseException, folder: str) -> bool:
         return False
 
 
-def save_checkpoint(payload: dict, path: str) -> None:
-    """Write `payload` to `path` atomically, so auto-resume never picks a truncated checkpoint."""
-    write_atomically(path, lambda tmp: torch.save(payload, tmp))
-
-
 def save_text(text: str, path: str) -> None:
     """Write `text` to `path` atomically."""
 
@@ -251,119 +191,3 @@ def save_text(text: str, path: str) -> None:
             f.write(text)
 
     write_atomically(path, write)
-
-
-# What the reference code's checkpoints pickle beyond tensors and plain values: its config, numpy scalars.
-_REFERENCE_GLOBALS = {"yacs.config.CfgNode", "argparse.Namespace", "numpy.dtype", "numpy.ndarray",
-                      *(f"numpy.{core}.multiarray.{name}" for core in ("core", "_core")
-                        for name in ("_reconstruct", "scalar"))}
-
-
-def _export_kind(path: str) -> str:
-    """What deployment format `path` holds ('' for none): ONNX by its name, TorchScript and torch.export programs
-    by the members of their zip archives."""
-    if path.lower().endswith(".onnx"):
-        return "an ONNX model"
-    try:
-        with zipfile.ZipFile(path) as archive:
-            members = archive.namelist()
-    except (zipfile.BadZipFile, OSError, ValueError):
-        return ""
-    if any(name.endswith("/constants.pkl") for name in members):
-        return "a TorchScript program"
-    if any(name.endswith("/models/model.json") for name in members):
-        return "a torch.export program"
-    return ""
-
-
-def _load_pickled(path: str) -> object:
-    """torch.load with the weights-only unpickler, or the full one where the pickle names nothing but what the
-    reference's checkpoints pickle."""
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:
-        if "weights_only" not in str(err):
-            raise
-    foreign = sorted(set(torch.serialization.get_unsafe_globals_in_checkpoint(path)) - _REFERENCE_GLOBALS)
-    if foreign:
-        raise CheckpointError(f"checkpoint {path} cannot be read: it pickles code from elsewhere "
-                              f"({', '.join(foreign)[:120]}), which is never run here; save its weights as "
-                              "{'model': state_dict} where that code lives")
-    return torch.load(path, map_location="cpu", weights_only=False)
-
-
-def load_checkpoint_file(path: str) -> dict:
-    """Read a checkpoint as a dict of tensors and plain values, without running pickled code.
-
-    Reference checkpoints pickle their yacs config (and numpy scalars), which torch's weights-only loader
-    refuses: a file whose pickle names nothing but those and what that loader allows is read in full; one
-    naming any other code (which unpickling would run) is refused.
-    """
-    if problem := kind_problem(path, "file"):
-        raise CheckpointError(f"checkpoint {path} {problem}; pass the path of a checkpoint file (.pth)")
-    if exported := _export_kind(path):
-        raise CheckpointError(f"checkpoint {path} is {exported} (tools.export writes these for deployment), a "
-                              "compiled model, not a checkpoint; pass the checkpoint it was exported from")
-    try:
-        with warnings.catch_warnings():  # torch's notes on what it checks while loading; our errors say what matters
-            warnings.simplefilter("ignore", UserWarning)
-            payload = _load_pickled(path)
-    except (RuntimeError, pickle.UnpicklingError, EOFError, zipfile.BadZipFile, ValueError, OSError, AttributeError,
-            ImportError, TypeError, IndexError, KeyError) as err:  # a damaged file, or one pickling foreign code
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise CheckpointError(
-            f"checkpoint {path} cannot be read ({reason[:120]}); it is truncated or not a PyTorch checkpoint"
-        ) from None
-    if not isinstance(payload, dict):
-        raise CheckpointError(f"checkpoint {path} holds a {type(payload).__name__}, not a dict of weights")
-    return payload
-
-
-def training_position(path: str) -> tuple[int, int]:
-    """Where a checkpoint leaves training, as (epoch to run, batches of it done), from its file name.
-
-    `ckpt_epoch_E.pth` ends epoch E; `ckpt_epoch_E_step_B.pth` was written after B batches of epoch E.
-    """
-    match = re.search(r"ckpt_epoch_(\d+)(?:_step_(\d+))?\.pth$", path)
-    if not match:
-        return (-1, -1)
-    epoch, batches = int(match.group(1)), match.group(2)
-    return (epoch, int(batches)) if batches is not None else (epoch + 1, 0)
-
-
-def training_checkpoints(output_dir: str) -> list[str]:
-    """The training checkpoints in `output_dir`, newest position first."""
-    return sorted(glob.glob(os.path.join(output_dir, "ckpt_epoch_*.pth")), key=training_position, reverse=True)
-
-
-def find_resume_checkpoint(output_dir: str, logger: logging.Logger) -> Optional[str]:
-    """The newest readable training checkpoint in `output_dir`, or None; unreadable ones are skipped with a warning."""
-    candidates = training_checkpoints(output_dir)
-    for path in candidates:
-        try:
-            payload = load_checkpoint_file(path)
-        except CheckpointError as err:
-            logger.warning(f"auto-resume skips {path}: {err}")
-            continue
-        if {"model", "optimizer", "epoch"} <= payload.keys():
-            return path
-        logger.warning(f"auto-resume skips {path}: it is not a training checkpoint")
-    return None
-
-
-def prune_checkpoints(output_dir: str, keep: int, protected: tuple[str, ...], logger: logging.Logger) -> None:
-    """Delete all but the `keep` newest training checkpoints (0 keeps all), never one in `protected`."""
-    if keep <= 0:
-        return
-    protected_real = {os.path.realpath(p) for p in protected if p}
-    for path in training_checkpoints(output_dir)[keep:]:
-        if os.path.realpath(path) not in protected_real:
-            os.remove(path)
-            logger.info(f"removed old checkpoint {path}")
-
-
-def seed_everything(seed: int) -> None:
-    """Seed Python, NumPy and torch, so runs with the same seed draw the same numbers."""
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)

@@ -19,7 +19,7 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from checkpoint import save_training_state, training_state  # noqa: E402
+from checkpoints.progress import save_training_state, training_state  # noqa: E402
 from config import load_config  # noqa: E402
 from lr_scheduler import build_scheduler, scale_lrs  # noqa: E402
 from models import build_model  # noqa: E402

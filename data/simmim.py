@@ -8,7 +8,7 @@ from torch.utils.data import Dataset
 from torchvision import transforms
 from yacs.config import CfgNode
 
-from config_checks import architecture_group
+from configuration.checks import architecture_group
 from data.transforms import ToNormalizedTensor
 
 

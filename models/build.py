@@ -9,11 +9,18 @@ from models.swin_transformer import SwinTransformer
 from models.swin_transformer_v2 import SwinTransformerV2
 from utils import ConfigError
 
-_FAMILIES = {
+# The model families MODEL.TYPE names: the config group that sizes each (MODEL.<GROUP>), and its class. The one
+# list of them: the config's choices and groups come from here.
+FAMILIES = {
     "swin": ("SWIN", SwinTransformer),
     "swinv2": ("SWINV2", SwinTransformerV2),
     "swin_mlp": ("SWIN_MLP", SwinMLP),
 }
+
+
+def family_group(model_type: str) -> str:
+    """The config group (SWIN, SWINV2, SWIN_MLP) that sizes the MODEL.TYPE `model_type`."""
+    return FAMILIES[model_type][0]
 
 
 def build_model(config: CfgNode) -> nn.Module:
@@ -26,9 +33,9 @@ def build_model(config: CfgNode) -> nn.Module:
 
 
 def _build_family_model(config: CfgNode, num_classes: int) -> nn.Module:
-    if config.MODEL.TYPE not in _FAMILIES:
-        raise ConfigError(f"MODEL.TYPE {config.MODEL.TYPE} is not known; use swin, swinv2 or swin_mlp")
-    group, model_class = _FAMILIES[config.MODEL.TYPE]
+    if config.MODEL.TYPE not in FAMILIES:
+        raise ConfigError(f"MODEL.TYPE {config.MODEL.TYPE} is not known; use one of {', '.join(FAMILIES)}")
+    group, model_class = FAMILIES[config.MODEL.TYPE]
     arch = config.MODEL[group]
     options = dict(
         img_size=config.DATA.IMG_SIZE,

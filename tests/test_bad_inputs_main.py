@@ -2,7 +2,7 @@
 byte-identical afterwards: config files, values, command lines, output locations, data, checkpoints.
 
 The table runs main.main() in this process (a few cases also as a real process and under torchrun);
-the value cases are generated from config_checks.RANGES, so a key added there is tested here.
+the value cases are generated from configuration.checks.RANGES, so a key added there is tested here.
 """
 
 import os
@@ -28,7 +28,7 @@ from conftest import ROOT, TINY_CFG, assert_torchrun_user_error, assert_user_err
 
 import main as main_module
 from config import load_config
-from config_checks import CHOICES, RANGES, Range
+from configuration.checks import CHOICES, RANGES, Range
 from models import build_model
 
 DIGITS = ("DATA.DATASET", "digits", "TRAIN.EPOCHS", "2", "PRINT_FREQ", "1000")
@@ -559,7 +559,8 @@ def test_output_locations_that_cannot_be_written(name, mode, tmp_path, capsys):
 
 
 def test_a_full_disk_keeps_the_previous_checkpoint_and_leaves_no_temporary(small_disk):
-    from utils import UserError, save_checkpoint
+    from checkpoints.files import save_checkpoint
+    from utils import UserError
 
     save_checkpoint({"x": torch.zeros(10)}, str(small_disk / "ckpt.pth"))
     with pytest.raises(UserError, match=r"no space left on the device of .*ckpt\.pth"):

@@ -10,12 +10,14 @@ import torch
 from conftest import TINY_CFG
 from yacs.config import CfgNode
 
-from checkpoint import load_weights, optimizer_param_names, restore_optimizer, restore_scaler
-from checkpoint_entries import check_entries, model_state_from
+from checkpoints.entries import check_entries, model_state_from
+from checkpoints.files import load_checkpoint_file
+from checkpoints.progress import optimizer_param_names, restore_optimizer, restore_scaler
+from checkpoints.weights import load_weights
 from config import load_config
 from models import build_model
 from optimizer import build_optimizer
-from utils import CheckpointError, load_checkpoint_file
+from utils import CheckpointError
 
 
 def tiny_model(*opts: str) -> torch.nn.Module:

@@ -6,7 +6,7 @@ import pytest
 from conftest import ROOT, TINY_CFG, assert_user_error, run_main
 
 from config import get_config, load_config
-from config_checks import reference_only_notes
+from configuration.checks import reference_only_notes
 from utils import ConfigError
 
 CONFIG_FILES = sorted(glob.glob(os.path.join(ROOT, "configs", "**", "*.yaml"), recursive=True))

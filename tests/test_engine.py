@@ -12,8 +12,8 @@ import torch
 from timm.scheduler import StepLRScheduler
 from torch.utils._python_dispatch import TorchDispatchMode
 
-import engine
-from evaluation import ClassTally
+from jobs import engine
+from jobs.results import ClassTally
 from logger import MetricsWriter
 from runtime import Runtime
 

@@ -85,8 +85,8 @@ class ScriptedBatches:
 def _run_worker(mode: str, folder: str, argv: list[str]) -> int:
     """main.main(argv) with the scripted loader; writes this rank's process id, its exit code and, after the epoch,
     its weights and optimizer step counts."""
-    import engine
     import main
+    from jobs import engine
 
     rank = int(os.environ["RANK"])
     with open(os.path.join(folder, f"rank{rank}.pid"), "w") as f:

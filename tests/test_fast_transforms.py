@@ -350,7 +350,7 @@ def test_a_run_with_the_torch_backend_learns_as_well_on_the_cifar10_zip(tmp_path
 def test_a_rerun_may_switch_the_backend_compile_and_tf32_but_not_the_recipe():
     """The backend keeps the draws, TEST.COMPILE and ALLOW_TF32 only how it computes: a rerun may change them, as
     it may change the workers or AMP; a recipe key beside them is still reported."""
-    from run_folder import settings_differences
+    from checkpoints.run_folder import settings_differences
 
     stored = load_config("tests/configs/tiny.yaml").dump()
     current = load_config("tests/configs/tiny.yaml", ("DATA.TRANSFORM_BACKEND", "torch", "TEST.COMPILE", "on",

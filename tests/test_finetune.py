@@ -8,7 +8,7 @@ import torch
 from conftest import ROOT, TINY_CFG, assert_user_error, run_main
 
 from config import load_config
-from engine import ModelEma
+from jobs.engine import ModelEma
 from lr_scheduler import ScaledLrs, build_scheduler
 from models import build_model
 from models.freeze import freeze
@@ -148,7 +148,7 @@ def _config_of(*argv: str):
 
 
 def test_a_fine_tune_never_starts_in_the_folder_of_its_pretrained_weights(tmp_path):
-    from config import finetune_tag
+    from checkpoints.run_folder import finetune_tag
 
     assert [finetune_tag(t) for t in ("default", "finetune", "finetune_2", "finetune_x", "my_finetune")] == \
         ["finetune", "finetune_2", "finetune_3", "finetune", "finetune"]
@@ -180,7 +180,7 @@ def test_a_pretrained_head_that_names_its_classes_is_mapped_to_the_datas_by_name
     starts the head from scratch, and the caller is told so."""
     import logging
 
-    from checkpoint import load_pretrained
+    from checkpoints.weights import load_pretrained
 
     source = build_model(load_config(TINY_CFG, ("MODEL.NUM_CLASSES", "4")))
     torch.save({"model": source.state_dict(), "class_names": list("abcd")}, tmp_path / "named.pth")

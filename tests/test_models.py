@@ -10,7 +10,7 @@ from conftest import ROOT, SHARED, TINY_CFG, requires_shared
 from timm.models.swin_transformer import SwinTransformer as TimmSwin
 from timm.models.swin_transformer import checkpoint_filter_fn
 
-from checkpoint import load_pretrained
+from checkpoints.weights import load_pretrained
 from config import load_config
 from models import build_model
 from models.pretrained import imagenet22k_to_1k_rows, resize_bias_table

@@ -9,7 +9,7 @@ from conftest import ROOT, TINY_CFG
 from timm.models.swin_transformer_v2 import SwinTransformerV2 as TimmSwinV2
 from timm.models.swin_transformer_v2 import checkpoint_filter_fn
 
-from checkpoint import load_pretrained
+from checkpoints.weights import load_pretrained
 from config import load_config
 from models import build_model
 

@@ -15,9 +15,9 @@ from conftest import ROOT, TINY_CFG, assert_user_error, digest, run_main
 from PIL import Image
 from timm.scheduler import StepLRScheduler
 
-import engine
+from checkpoints.run_folder import prune_checkpoints, training_checkpoints
+from jobs import engine
 from runtime import Runtime
-from utils import prune_checkpoints, training_checkpoints
 
 DIGITS = ("--opts", "DATA.DATASET", "digits", "TRAIN.EPOCHS", "2", "PRINT_FREQ", "20")
 

@@ -259,7 +259,7 @@ def test_nodes_without_a_shared_output_folder_stop_with_one_line(tmp_path):
 STOP_FLAG_SCRIPT = """
 import os, signal, sys, time
 sys.path.insert(0, sys.argv[1])
-from trainer import StopFlag
+from jobs.stopping import StopFlag
 StopFlag.REPEAT_GRACE_S = float(sys.argv[2])
 with StopFlag() as flag:
     os.kill(os.getpid(), signal.SIGTERM)
@@ -280,7 +280,7 @@ def test_a_second_signal_ends_the_process_at_once_but_a_forwarded_copy_does_not(
 AFTER_THE_BLOCK_SCRIPT = """
 import os, signal, sys, time
 sys.path.insert(0, sys.argv[1])
-from trainer import StopFlag
+from jobs.stopping import StopFlag
 with StopFlag() as flag:
     os.kill(os.getpid(), signal.SIGINT)
     time.sleep(0.1)

@@ -29,7 +29,7 @@ from conftest import (
 from PIL import Image
 from yacs.config import CfgNode
 
-from checkpoint import load_pretrained
+from checkpoints.weights import load_pretrained
 from config import load_config
 from data.simmim import MaskGenerator
 from models import build_model
@@ -324,7 +324,7 @@ def test_the_reference_simmim_configs_and_command_lines_work_with_main():
     encoder its pre-training config trains (window and size may differ: fine-tuning adapts them)."""
     import main as main_module
     from config import get_config
-    from config_checks import architecture_differences
+    from configuration.checks import architecture_differences
 
     folder = os.path.join(ROOT, "configs", "simmim")
     pairs = [("simmim_pretrain__swin_base__img192_window6__800ep", "simmim_finetune__swin_base__img224_window7__800ep"),

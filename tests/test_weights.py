@@ -24,8 +24,8 @@ from conftest import (
     run_main,
 )
 
-import weights
-from checkpoint import load_pretrained
+from checkpoints import download
+from checkpoints.weights import load_pretrained
 from config import config_from_weights, load_config
 from models import build_model, zoo
 from models.convert import to_timm, to_torchvision
@@ -95,7 +95,7 @@ def test_a_url_is_downloaded_once_with_progress_then_read_from_the_cache(server,
     assert f"downloading {url}" in first.stderr and "100%" in first.stderr
     assert cached_files(home) == ["swin_tiny_test.pth"]
     monkeypatch.setenv("TORCH_HOME", home)
-    with open(weights.cache_path(url), "rb") as f:
+    with open(download.cache_path(url), "rb") as f:
         assert f.read() == body
     second = run_main(*args, env={"TORCH_HOME": home})
     assert second.returncode == 0, second.stderr[-2000:]
@@ -123,7 +123,7 @@ def test_a_failed_download_is_one_line_and_leaves_nothing_in_the_cache(failure, 
     assert result.returncode == 2 and len(errors) == 1, result.stderr[-2000:]
     assert "Traceback" not in result.stderr
     monkeypatch.setenv("TORCH_HOME", str(home))
-    expected_path = weights.cache_path(url)
+    expected_path = download.cache_path(url)
     assert expected_path.startswith(os.path.join(str(home), "hub", "checkpoints")) and expected_path.endswith(name)
     assert url in errors[0] and expected_path in errors[0], errors[0]
     assert {"cut transfer": "stopped after", "404": "HTTP 404", "wrong hash": "SHA-256",
@@ -136,7 +136,7 @@ def test_a_file_whose_hash_matches_its_name_is_kept(server, tiny_checkpoint, tmp
     name = f"tiny-{hashlib.sha256(body).hexdigest()[:8]}.pth"
     server.routes[ZOO_PATH + name] = (200, body, None)
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
-    path = weights.local_weights(server.url(ZOO_PATH + name), show_progress=False)
+    path = download.local_weights(server.url(ZOO_PATH + name), show_progress=False)
     assert os.path.basename(path) == name and open(path, "rb").read() == body
 
 
@@ -146,7 +146,7 @@ def test_a_date_or_version_in_a_file_name_is_not_taken_for_a_hash(name, server, 
     _, body = tiny_checkpoint
     server.routes[ZOO_PATH + name] = (200, body, None)
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
-    path = weights.local_weights(server.url(ZOO_PATH + name), show_progress=False)
+    path = download.local_weights(server.url(ZOO_PATH + name), show_progress=False)
     assert open(path, "rb").read() == body
 
 
@@ -160,13 +160,13 @@ def test_urls_that_differ_anywhere_are_cached_apart_and_each_gives_its_own_weigh
         bodies[route] = target.read_bytes()
         server.routes[route] = (200, bodies[route], None)
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "home"))
-    paths = {route: weights.local_weights(server.url(route), show_progress=False) for route in bodies}
+    paths = {route: download.local_weights(server.url(route), show_progress=False) for route in bodies}
     assert len(set(paths.values())) == 3
     for route, path in paths.items():
         assert open(path, "rb").read() == bodies[route], route
     assert all(os.path.basename(p) == "tiny.pth" for p in paths.values()) and len(server.requests) == 3
     entry = zoo.entries()[0]  # published files keep the name torch.hub and timm give them
-    assert weights.cache_path(entry.url) == os.path.join(str(tmp_path / "home"), "hub", "checkpoints",
+    assert download.cache_path(entry.url) == os.path.join(str(tmp_path / "home"), "hub", "checkpoints",
                                                          os.path.basename(entry.url))
 
 
@@ -179,10 +179,10 @@ def test_a_cut_legacy_format_download_is_refused_and_not_kept(server, tmp_path, 
     server.routes["/legacy.pth"] = (200, body[: len(body) - 100], len(body) - 100)  # the server sends less, honestly
     server.routes["/whole.pth"] = (200, body, None)
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "home"))
-    with pytest.raises(weights.CheckpointError, match="not a whole PyTorch checkpoint"):
-        weights.local_weights(server.url("/legacy.pth"), show_progress=False)
+    with pytest.raises(download.CheckpointError, match="not a whole PyTorch checkpoint"):
+        download.local_weights(server.url("/legacy.pth"), show_progress=False)
     assert cached_files(str(tmp_path / "home")) == []
-    assert open(weights.local_weights(server.url("/whole.pth"), show_progress=False), "rb").read() == body
+    assert open(download.local_weights(server.url("/whole.pth"), show_progress=False), "rb").read() == body
 
 
 def test_a_file_named_like_a_zoo_entry_is_the_file(tmp_path, monkeypatch):
@@ -193,7 +193,7 @@ def test_a_file_named_like_a_zoo_entry_is_the_file(tmp_path, monkeypatch):
     torch.save({"model": build_model(config).state_dict(), "config": config.dump()}, tmp_path / name)
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "home"))
-    assert zoo.find(name) is None and weights.local_weights(name) == name
+    assert zoo.find(name) is None and download.local_weights(name) == name
     assert config_from_weights(name, "--resume").MODEL.SWIN.EMBED_DIM == config.MODEL.SWIN.EMBED_DIM
     assert zoo.find(name[:-4]) is not None  # the bare name, which is no file here, is still the zoo's
 
@@ -229,11 +229,11 @@ def test_zoo_table_is_the_reference_model_hub():
 def test_a_zoo_name_takes_its_url_config_and_cached_file(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
     entry = zoo.find("swin_tiny_patch4_window7_224")
-    assert weights.source_url(entry.name) == entry.url and zoo.find(entry.url) == entry
+    assert download.source_url(entry.name) == entry.url and zoo.find(entry.url) == entry
     torch.manual_seed(0)
     model = build_model(load_config(os.path.join(ROOT, entry.config))).eval()
     os.makedirs(tmp_path / "hub" / "checkpoints")
-    torch.save({"model": model.state_dict()}, weights.cache_path(entry.url))
+    torch.save({"model": model.state_dict()}, download.cache_path(entry.url))
     image = torch.rand(3, 224, 224)
     torchvision.utils.save_image(image, tmp_path / "photo.png")
     assert predict.main([str(tmp_path / "photo.png"), "--resume", entry.name, "--topk", "2", "--output",

@@ -15,10 +15,12 @@ from typing import Optional
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from checkpoint_entries import model_state_from  # noqa: E402
+from checkpoints.entries import model_state_from  # noqa: E402
+from checkpoints.files import load_checkpoint_file, save_checkpoint  # noqa: E402
+from checkpoints.run_folder import require_output  # noqa: E402
 from cli import StrictParser, run_command  # noqa: E402
 from models.convert import detect_layout, from_timm, from_torchvision, to_timm, to_torchvision  # noqa: E402
-from utils import CheckpointError, load_checkpoint_file, require_output, save_checkpoint  # noqa: E402
+from utils import CheckpointError  # noqa: E402
 
 _TO = {"timm": to_timm, "torchvision": to_torchvision}
 _FROM = {"timm": from_timm, "torchvision": from_torchvision}

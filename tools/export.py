@@ -23,9 +23,10 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+from checkpoints.run_folder import require_output  # noqa: E402
 from cli import StrictParser, positive_int, run_command  # noqa: E402
 from tools.model_source import add_model_arguments, model_files, model_from_arguments  # noqa: E402
-from utils import UserError, out_of_space_as_user_error, require_output  # noqa: E402
+from utils import UserError, out_of_space_as_user_error  # noqa: E402
 
 # ONNX files are protobufs, limited to 2 GB: larger models keep their weights in an external-data file beside.
 _ONNX_ONE_FILE_BYTES = 1_800_000_000

@@ -12,12 +12,11 @@ import torch
 from torch import nn
 from yacs.config import CfgNode
 
-from checkpoint import load_weights, reference_state
-from checkpoint_entries import check_entries
+from checkpoints.download import local_weights
+from checkpoints.weights import head_classes, load_weights, read_checkpoint
 from config import config_from_weights, load_config
 from models import build_model, zoo
-from utils import ConfigError, load_checkpoint_file
-from weights import local_weights
+from utils import ConfigError
 
 
 def add_model_arguments(parser: argparse.ArgumentParser, weights_help: str) -> None:
@@ -60,11 +59,8 @@ def model_from_arguments(args: argparse.Namespace, simmim: bool = False) -> tupl
     """The model in eval mode with the weights of --resume (random without), its config and the checkpoint;
     a classifier, or with `simmim` a SimMIM pre-training model."""
     path = local_weights(args.resume) if args.resume else ""
-    payload = load_checkpoint_file(path) if path else {}
-    check_entries(payload, path)
-    state = reference_state(payload, path, None)[0] if path else None
-    head = state["head.weight"].shape[0] if state is not None and "head.weight" in state else None
-    config = config_from_arguments(args, path, payload, head)
+    payload, state, _ = read_checkpoint(path) if path else ({}, None, "")
+    config = config_from_arguments(args, path, payload, head_classes(state) if state is not None else None)
     _check_model_kind(config, args, simmim)
     torch.manual_seed(config.SEED)
     model = build_model(config)

@@ -16,8 +16,9 @@ from typing import Optional
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+from checkpoints.run_folder import require_output  # noqa: E402
 from cli import StrictParser, run_command  # noqa: E402
-from utils import UserError, counted, kind_problem, require_output, write_atomically  # noqa: E402
+from utils import UserError, counted, kind_problem, write_atomically  # noqa: E402
 
 # The figures each epoch record must hold to be drawn (top-5 is drawn where it was measured: over 5 classes);
 # SimMIM pre-training has no validation.

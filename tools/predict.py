@@ -23,12 +23,13 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+from checkpoints.run_folder import require_output  # noqa: E402
 from cli import StrictParser, positive_int, run_command  # noqa: E402
 from data.datasets import decode_image, image_files  # noqa: E402
 from data.transforms import build_transform  # noqa: E402
 from runtime import keep_freed_memory, prepare_for_inference  # noqa: E402
 from tools.model_source import add_model_arguments, model_files, model_from_arguments  # noqa: E402
-from utils import DataError, UserError, require_output, save_text  # noqa: E402
+from utils import DataError, UserError, save_text  # noqa: E402
 
 
 def expand_inputs(inputs: list[str]) -> list[str]:

@@ -21,6 +21,7 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+from checkpoints.run_folder import require_output  # noqa: E402
 from cli import StrictParser, positive_int, run_command, seed_int  # noqa: E402
 from data.datasets import decode_image  # noqa: E402
 from data.simmim import build_mask_generator  # noqa: E402
@@ -28,7 +29,7 @@ from data.transforms import build_transform  # noqa: E402
 from models.simmim import SimMIM, local_statistics, pixel_mask  # noqa: E402
 from tools.model_source import add_model_arguments, model_files, model_from_arguments  # noqa: E402
 from tools.predict import expand_inputs  # noqa: E402
-from utils import require_output, write_atomically  # noqa: E402
+from utils import write_atomically  # noqa: E402
 
 COLUMNS = ("original", "masked input", "reconstruction")
 _TILE_PX = 128  # small images are enlarged (nearest) to about this size, so 32px ones can be seen

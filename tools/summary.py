@@ -12,12 +12,12 @@ from typing import Optional
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+from checkpoints.download import local_weights  # noqa: E402
+from checkpoints.files import load_checkpoint_file  # noqa: E402
 from cli import StrictParser, run_command  # noqa: E402
 from models import build_model, zoo  # noqa: E402
 from models.summary import summarize  # noqa: E402
 from tools.model_source import add_model_arguments, config_from_arguments  # noqa: E402
-from utils import load_checkpoint_file  # noqa: E402
-from weights import local_weights  # noqa: E402
 
 
 def main(argv: Optional[list[str]] = None) -> int:

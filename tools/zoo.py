@@ -15,10 +15,10 @@ from typing import Optional
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+from checkpoints.download import cache_path  # noqa: E402
 from cli import StrictParser, run_command  # noqa: E402
 from models import zoo  # noqa: E402
 from utils import UserError  # noqa: E402
-from weights import cache_path  # noqa: E402
 
 
 def main(argv: Optional[list[str]] = None) -> int:

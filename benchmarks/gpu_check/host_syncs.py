@@ -19,7 +19,7 @@ from timm.scheduler import StepLRScheduler
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
-import engine
+from jobs import engine
 from runtime import Runtime
 
 FLUSHES = 3  # the first logging step, the last logging step, the end of the epoch

@@ -2,7 +2,7 @@
 # The parts of benchmarks/gpu_check.sh (sourced by it), each a function part_NAME; the timeouts of a part's steps
 # add up to 300 s or less. Uses PY, GC (this folder), WORK (run outputs), LOGS and lib.sh's step machinery.
 
-# The tiny Swin of the tests on the built-in digits: 3 epochs without warm-up (config_checks: warm-up shorter
+# The tiny Swin of the tests on the built-in digits: 3 epochs without warm-up (configuration/checks.py: warm-up shorter
 # than the run), long enough for the train loss to fall.
 TINY=(--cfg tests/configs/tiny.yaml --opts DATA.DATASET digits DATA.BATCH_SIZE 64 TRAIN.EPOCHS 3
       TRAIN.WARMUP_EPOCHS 0 PRINT_FREQ 5)

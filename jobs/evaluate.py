@@ -1,4 +1,4 @@
-"""The jobs of main.py that train nothing: --eval (with per-class results) and --throughput."""
+"""--eval: the accuracy of given weights on the validation data, with per-class results."""
 
 import logging
 
@@ -7,35 +7,18 @@ from torch import nn
 from torch.utils.data import DataLoader
 from yacs.config import CfgNode
 
-import engine
-from checkpoint import load_pretrained, load_weights, reference_state
-from checkpoint_entries import check_entries
-from data import build_eval_loader, build_loader
-from evaluation import ClassTally, describe
+from checkpoints.weights import head_classes, load_pretrained, load_weights, read_checkpoint
+from data import build_eval_loader
+from jobs import engine
+from jobs.results import ClassTally, describe
+from jobs.train import new_model, with_num_classes
 from runtime import Runtime, prepare_for_inference
-from trainer import new_model, with_num_classes
-from utils import CheckpointError, DataError, UserError, load_checkpoint_file
+from utils import CheckpointError, DataError, UserError
 
 
 def inference_compile_choice(config: CfgNode) -> str:
     """TEST.COMPILE, or on when --compile (COMPILE) compiles every use of the model."""
     return "on" if config.COMPILE else config.TEST.COMPILE
-
-
-def run_throughput(config: CfgNode, rt: Runtime, logger: logging.Logger) -> dict:
-    """Inference images/s on one batch: from the validation set when a dataset is given, else synthetic."""
-    model = new_model(config, rt, logger)
-    if config.DATA.DATA_PATH or config.DATA.DATASET in ("digits", "fake"):
-        images = next(iter(build_loader(config, rt, logger).loader_val))[0]
-    else:
-        images = torch.randn(config.DATA.BATCH_SIZE, 3, config.DATA.IMG_SIZE, config.DATA.IMG_SIZE)
-    choice = inference_compile_choice(config)
-    model = prepare_for_inference(model, images.to(rt.device), choice, logger.info, rt.autocast)
-    result = engine.throughput(model, images, rt)
-    logger.info(f"throughput: {rt.describe()}, torch {torch.__version__}, compile {choice}, "
-                f"batch {int(result['batch_size'])}, {result['img_s']:.1f} img/s, "
-                f"{result['ms_per_batch']:.1f} ms/batch, peak memory {result['peak_memory_mb']:.0f} MB")
-    return result
 
 
 def _eval_setup(config: CfgNode, rt: Runtime, logger: logging.Logger
@@ -57,11 +40,9 @@ def _eval_setup(config: CfgNode, rt: Runtime, logger: logging.Logger
                                   "classes and would start from scratch, so there is nothing to evaluate; evaluate it "
                                   "on the data it was trained for, or fine-tune it (the same command without --eval)")
         return bare, loader, names, classes
-    payload = load_checkpoint_file(path)
-    state, _ = reference_state(payload, path, logger)
-    check_entries(payload, path)
+    payload, state, _ = read_checkpoint(path, logger)
     loader, data_classes, names = build_eval_loader(config, rt, payload.get("class_names"), logger)
-    classes = state["head.weight"].shape[0] if "head.weight" in state else data_classes
+    classes = head_classes(state) or data_classes
     if data_classes > classes:
         raise DataError(f"the data has {data_classes} classes and the head of {path} {classes}; evaluate it on the "
                         "data it was trained for, or fine-tune it with --pretrained")

@@ -1,12 +1,11 @@
-"""The three jobs of main.py: train (with resume and preemption), evaluate, measure throughput.
+"""Training, the main job of main.py: with resume, fine-tuning starts and preemption.
 
-Each builds data, model, optimizer and schedule from the config and the runtime, then hands
-plain objects to the loops in engine.py.
+It builds data, model, optimizer and schedule from the config and the runtime, then hands plain
+objects to the loops in jobs/engine.py; checkpoints are read and written through checkpoints/.
 """
 
 import logging
 import os
-import signal
 import time
 from typing import Optional
 
@@ -15,85 +14,44 @@ from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 from torch import nn
 from yacs.config import CfgNode
 
-import engine
-from checkpoint import (
+from checkpoints.entries import malformed_entry
+from checkpoints.progress import (
     ResumePoint,
-    load_model_weights,
-    load_pretrained,
-    load_weights,
+    progress_entries,
     read_resume_point,
     restore_optimizer,
     restore_scaler,
     save_training_state,
     training_state,
 )
-from checkpoint_entries import malformed_entry
+from checkpoints.run_folder import (
+    BEST_CHECKPOINT,
+    check_folder_token,
+    check_nothing_overwritten,
+    check_resumable,
+    continued_checkpoint,
+    find_resume_checkpoint,
+    new_folder_token,
+    prune_checkpoints,
+    remove_folder_token,
+    remove_stale_temporaries,
+    settings_differences,
+    write_config,
+)
+from checkpoints.weights import load_model_weights, load_pretrained, load_weights
 from data import LoaderBundle, build_loader
 from data.simmim import build_mask_generator
-from evaluation import ClassTally, describe
+from jobs import engine
+from jobs.results import ClassTally, describe
+from jobs.stopping import Interrupted, StopFlag
 from logger import MetricsWriter
 from lr_scheduler import build_scheduler, scale_lrs
 from models import build_model
 from models.freeze import freeze
 from models.summary import summarize
 from optimizer import build_optimizer
-from run_folder import (
-    check_folder_token,
-    check_nothing_overwritten,
-    check_resumable,
-    continued_checkpoint,
-    new_folder_token,
-    remove_folder_token,
-    remove_stale_temporaries,
-    settings_differences,
-    write_config,
-)
 from runtime import Runtime, prepare_for_training, wrap_model
-from utils import STOP_SIGNALS, UserError, counted, find_resume_checkpoint, prune_checkpoints
-
-
-class Interrupted(Exception):
-    """Training stopped on SIGTERM/SIGINT/SIGHUP after saving a checkpoint; rerunning the command resumes."""
-
-    def __init__(self, signum: int, path: str) -> None:
-        super().__init__(f"stopped by {signal.Signals(signum).name}; saved {path}; rerun the same command to resume")
-        self.signum = signum
-
-
-class StopFlag:
-    """Records a stop signal (SIGTERM, SIGINT, SIGHUP) instead of dying, so training can save at the next
-    optimizer step.
-
-    A second signal ends the process at once, unless it comes within `REPEAT_GRACE_S` of the
-    first: launchers forward one Ctrl-C or preemption as a second copy of the same signal. Once a
-    signal has been recorded the handler stays after the block, through the loader's shutdown and
-    the interpreter's exit, so a repeat there ends the process by that signal, not by a traceback.
-    """
-
-    REPEAT_GRACE_S = 2.0
-
-    def __init__(self) -> None:
-        self.signum = 0
-        self._first_at = 0.0
-        self._previous: dict = {}
-
-    def __enter__(self) -> "StopFlag":
-        for sig in STOP_SIGNALS:
-            self._previous[sig] = signal.signal(sig, self._record)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if not self.signum:
-            for sig, handler in self._previous.items():
-                signal.signal(sig, handler)
-
-    def _record(self, signum: int, _frame: object) -> None:
-        now = time.monotonic()
-        if not self.signum:
-            self.signum, self._first_at = signum, now
-        elif now - self._first_at > self.REPEAT_GRACE_S:
-            signal.signal(signum, signal.SIG_DFL)
-            os.kill(os.getpid(), signum)
+from utils import UserError, counted
 
 
 def build_criterion(config: CfgNode, has_mixup: bool) -> Optional[nn.Module]:
@@ -280,12 +238,10 @@ class Training:
         rng = self.rt.all_gather_object(self.rt.rng_state())
         path = ""
         if self.rt.is_main:
-            progress = {"epoch": epoch - 1, "resume_at": [epoch, batches], "max_accuracy": self.max_accuracy,
-                        "class_names": self.data.class_names, "rng": rng, "world_size": self.rt.world_size,
-                        "metrics_history": self.history, "epoch_totals": dict(self.ctx.totals) if batches else {},
-                        "run_index": self.run_index}
-            state = training_state(self.bare, self.ctx.optimizer, self.ctx.scheduler, self.ctx.scaler, progress,
-                                   self.config)
+            point = ResumePoint("", epoch, batches, self.max_accuracy, self.ctx.totals, self.history, rng,
+                                self.rt.world_size, run_index=self.run_index, class_names=self.data.class_names)
+            state = training_state(self.bare, self.ctx.optimizer, self.ctx.scheduler, self.ctx.scaler,
+                                   progress_entries(point), self.config)
             if self.ctx.ema is not None:
                 state["model_ema"] = self.ctx.ema.module.state_dict()
             path = save_training_state(state, self.config.OUTPUT, is_best)
@@ -350,8 +306,9 @@ class Training:
         if "val_top1" not in self.history[-1]:
             return f"last epoch's reconstruction loss {self.history[-1]['train_loss']:.4f}; {took}"
         best = max(reversed(self.history), key=lambda r: r["val_top1"])  # the last of equals, as best.pth is
-        path = os.path.join(self.config.OUTPUT, "best.pth")
-        where = f"weights {path}" if os.path.exists(path) else "best.pth not written (SAVE_FREQ skipped that epoch)"
+        path = os.path.join(self.config.OUTPUT, BEST_CHECKPOINT)
+        where = (f"weights {path}" if os.path.exists(path)
+                 else f"{BEST_CHECKPOINT} not written (SAVE_FREQ skipped that epoch)")
         return f"best val top-1 {best['val_top1']:.2f}% at epoch {best['epoch']}, {where}; {took}"
 
     def _epoch(self, epoch: int, start_batch: int, totals: Optional[dict]) -> dict:

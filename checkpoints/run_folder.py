@@ -1,4 +1,5 @@
-"""The output folder of a training run: one run at a time, shared by every node, and its records kept true.
+"""The output folder of a training run: its file names, one run at a time, shared by every node, its records kept
+true (auto-resume, pruning), and never replaced by a tool's output.
 
 A run holds an exclusive lock on its output folder for its lifetime; the kernel drops it when
 the process dies, so a killed run never leaves a stale lock behind. A rerun compares the
@@ -6,25 +7,122 @@ settings stored in the checkpoint with its own before anything in the folder cha
 """
 
 import fcntl
+import fnmatch
 import glob
 import logging
 import os
+import re
 import uuid
-from typing import Any, Optional
+from typing import Any, Iterable, Optional
 
 import yaml
 from yacs.config import CfgNode
 
-from utils import (
-    ConfigError,
-    UserError,
-    find_resume_checkpoint,
-    load_checkpoint_file,
-    output_folder_error,
-    save_text,
-    training_checkpoints,
-    training_position,
-)
+from checkpoints.files import is_training_checkpoint, load_checkpoint_file
+from utils import CheckpointError, ConfigError, UserError, output_folder_error, require_folder_of, save_text
+
+# What a run keeps in its output folder (the one with its config.yaml) beside its checkpoints: its records, which a
+# tool's output never replaces.
+RUN_RECORDS = ("config.yaml", "config_until_epoch_*.yaml", "metrics.jsonl", "log_rank*.txt", "*_per_class.json",
+               "*_confusion.png")
+
+
+def _is_run_record(path: str) -> bool:
+    folder, name = os.path.split(os.path.abspath(path))
+    return os.path.isfile(os.path.join(folder, "config.yaml")) and any(fnmatch.fnmatch(name, p) for p in RUN_RECORDS)
+
+
+def require_output(path: str, inputs: Iterable[Optional[str]] = ()) -> None:
+    """A tool's output check: `path` can be written (require_folder_of), and is none of the command's `inputs`, a
+    training checkpoint or a run's record (RUN_RECORDS), which a tool's result must never replace."""
+    require_folder_of(path)
+    if not os.path.exists(path):
+        return
+    if _is_run_record(path):
+        raise UserError(f"cannot write {path}: it is a record of the training run in that folder, which this would "
+                        "replace; write the result under another name")
+    for given in inputs:
+        if given and os.path.exists(given) and os.path.samefile(path, given):
+            raise UserError(f"cannot write {path}: it is an input of this command ({given}); write the result "
+                            "under another name")
+    if is_training_checkpoint(path):
+        raise UserError(f"cannot write {path}: it is a training checkpoint (it holds optimizer state), which this "
+                        "would replace; write the result under another name")
+
+
+# The run folder's checkpoint names, written and parsed here alone.
+BEST_CHECKPOINT = "best.pth"
+_CHECKPOINT_NAME = re.compile(r"ckpt_epoch_(\d+)(?:_step_(\d+))?\.pth$")
+
+
+def checkpoint_name(epoch: int, batches: int) -> str:
+    """The file name of the checkpoint that resumes at (epoch to run, batches of it done): `ckpt_epoch_E.pth` ends
+    epoch E, `ckpt_epoch_E_step_B.pth` was written after B batches of epoch E."""
+    return f"ckpt_epoch_{epoch}_step_{batches}.pth" if batches else f"ckpt_epoch_{epoch - 1}.pth"
+
+
+def training_position(path: str) -> tuple[int, int]:
+    """Where a checkpoint leaves training, as (epoch to run, batches of it done), from its name (checkpoint_name);
+    (-1, -1) for another name."""
+    match = _CHECKPOINT_NAME.search(path)
+    if not match:
+        return (-1, -1)
+    epoch, batches = int(match.group(1)), match.group(2)
+    return (epoch, int(batches)) if batches is not None else (epoch + 1, 0)
+
+
+def finetune_tag(source_tag: str) -> str:
+    """The tag of a fine-tune from a run tagged `source_tag`: `finetune`, and from a fine-tune the next number
+    (`finetune_2`, `finetune_3`, ...), so a fine-tune never lands in the folder of the run it starts from."""
+    match = re.fullmatch(r"finetune(?:_(\d+))?", source_tag)
+    return f"finetune_{int(match.group(1) or 1) + 1}" if match else "finetune"
+
+
+def tag_beside_weights(model_folder: str, tag: str, pretrained: str, tag_is_ours: bool) -> str:
+    """The tag of a training run in `model_folder`: `tag`, unless the --pretrained file lies in that tag's folder,
+    where training would resume the run that wrote it: then the next fine-tune tag where the tag was this tool's
+    choice (`tag_is_ours`), else one ConfigError asking for another --tag."""
+    folder = os.path.join(model_folder, tag)
+    if not (pretrained and os.path.isfile(pretrained)
+            and os.path.dirname(os.path.realpath(pretrained)) == os.path.realpath(folder)):
+        return tag
+    if not tag_is_ours:
+        raise ConfigError(f"--pretrained {pretrained} lies in {folder}, the output folder of this run, which would "
+                          "resume that run instead of starting from its weights; pass --tag NAME to fine-tune in a "
+                          "folder of its own")
+    return finetune_tag(tag)
+
+
+def training_checkpoints(output_dir: str) -> list[str]:
+    """The training checkpoints in `output_dir`, newest position first."""
+    return sorted(glob.glob(os.path.join(output_dir, "ckpt_epoch_*.pth")), key=training_position, reverse=True)
+
+
+def find_resume_checkpoint(output_dir: str, logger: logging.Logger) -> Optional[str]:
+    """The newest readable training checkpoint in `output_dir`, or None; unreadable ones are skipped with a warning."""
+    candidates = training_checkpoints(output_dir)
+    for path in candidates:
+        try:
+            payload = load_checkpoint_file(path)
+        except CheckpointError as err:
+            logger.warning(f"auto-resume skips {path}: {err}")
+            continue
+        if {"model", "optimizer", "epoch"} <= payload.keys():
+            return path
+        logger.warning(f"auto-resume skips {path}: it is not a training checkpoint")
+    return None
+
+
+def prune_checkpoints(output_dir: str, keep: int, protected: tuple[str, ...], logger: logging.Logger) -> None:
+    """Delete all but the `keep` newest training checkpoints (0 keeps all), never one in `protected`."""
+    if keep <= 0:
+        return
+    protected_real = {os.path.realpath(p) for p in protected if p}
+    for path in training_checkpoints(output_dir)[keep:]:
+        if os.path.realpath(path) not in protected_real:
+            os.remove(path)
+            logger.info(f"removed old checkpoint {path}")
+
 
 # Keys that change how a run is executed or recorded, not what it trains; a rerun may change them freely.
 _FREE_KEYS = {
@@ -214,6 +312,6 @@ def check_resumable(config: CfgNode, changed: dict, point: Any, logger: logging.
     if point.batches and moved:
         raise UserError(f"checkpoint {point.path} was written inside epoch {point.epoch}, and "
                         f"{describe_differences(moved)} change which images its remaining steps hold; resume from "
-                        f"ckpt_epoch_{point.epoch - 1}.pth, the end of the previous epoch, or keep those settings")
+                        f"{checkpoint_name(point.epoch, 0)}, the end of the previous epoch, or keep those settings")
     logger.warning(f"continuing {point.path} under changed settings ({describe_differences(changed, 99)}); the "
                    f"schedule is rebuilt for them from epoch {point.epoch}, step {point.batches}")

@@ -12,7 +12,7 @@ import torch
 from timm.scheduler.scheduler import Scheduler
 from torch import nn
 
-from evaluation import ClassTally
+from jobs.results import ClassTally
 from logger import MetricsWriter
 from runtime import Runtime
 from utils import UserError

@@ -23,8 +23,9 @@ import torch
 from tqdm import tqdm
 from yacs.config import CfgNode
 
+from checkpoints.files import load_checkpoint_file
 from models import zoo
-from utils import CheckpointError, UserError, load_checkpoint_file, write_atomically
+from utils import CheckpointError, UserError, write_atomically
 
 _CHUNK_BYTES = 1 << 20
 _TIMEOUT_S = 60

@@ -9,6 +9,7 @@ from typing import Any, Optional
 from timm.data import auto_augment
 from yacs.config import CfgNode as CN
 
+from models.build import FAMILIES, family_group
 from utils import ConfigError
 
 CHOICES = {
@@ -18,7 +19,7 @@ CHOICES = {
     "TEST.COMPILE": ("auto", "on", "off"),
     "DATA.CACHE_MODE": ("no", "full", "part"),
     "DATA.DECODE_ERRORS": ("fail", "skip"),
-    "MODEL.TYPE": ("swin", "swinv2", "swin_mlp"),
+    "MODEL.TYPE": tuple(FAMILIES),
     "AUG.SMALL_IMAGE_CROP": ("pad", "random_resized"),
     "MODEL.ATTN_IMPL": ("auto", "sdpa", "plain"),
     "TRAIN.LR_SCHEDULER.NAME": ("cosine", "linear", "step", "multistep"),
@@ -186,8 +187,8 @@ def _stage_sizes(img_size: int, patch_size: int, num_stages: int) -> list[int]:
 
 
 def architecture_group(cfg: CN) -> str:
-    """The config group that shapes the model of MODEL.TYPE: SWIN, SWINV2 or SWIN_MLP."""
-    return {"swin": "SWIN", "swinv2": "SWINV2", "swin_mlp": "SWIN_MLP"}[cfg.MODEL.TYPE]
+    """The config group that shapes the model of MODEL.TYPE (models.build.FAMILIES)."""
+    return family_group(cfg.MODEL.TYPE)
 
 
 def architecture_differences(cfg: CN, published: CN, with_resolution: bool) -> list[str]:

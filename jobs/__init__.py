@@ -1,0 +1,2 @@
+"""The jobs main.py runs: training (train), evaluation (evaluate) and throughput, over the loops of engine, with the
+per-class results of results."""
