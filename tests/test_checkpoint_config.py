@@ -141,7 +141,8 @@ def test_fine_tuning_from_a_run_of_ours_needs_no_cfg_and_leaves_that_run_alone(t
     assert result.returncode == 0, result.stderr[-2000:]
     run = trained["root"] / "out" / "swin_tiny_test" / "finetune"
     assert os.path.isfile(run / "best.pth") and digest(str(source_run)) == before
-    assert "the checkpoint has 4 classes and the model 2" in result.stdout
+    assert "the data has class 'x', which the checkpoint's 4 classes do not include; the head starts from scratch" \
+        in result.stdout
     assert "frozen: patch embedding and stages 0-0" in result.stdout
     assert "layer decay 0.8: 3 layers trained at lr x0.64 (the first) to x1 (the head)" in result.stdout
 
