@@ -49,8 +49,7 @@ class StrictParser(argparse.ArgumentParser):
             if flag in self.flag_hints:
                 target, _, note = self.flag_hints[flag].partition("|")
                 # The value is the last word before the next flag: timm's --input-size 3 224 224 is a size of 224.
-                values = [inline] if inline else list(itertools.takewhile(lambda w: not w.startswith("--"),
-                                                                          unknown[position + 1:]))
+                values = [inline] if inline else list(itertools.takewhile(_is_value, unknown[position + 1:]))
                 value = values[-1] if values else ""
                 if target.startswith("-"):
                     return f" (here it is {target}{' ' + value if value else ''}{note})"
@@ -70,6 +69,17 @@ class StrictParser(argparse.ArgumentParser):
                 self.error(f"{action.option_strings[0]} is given {len(uses)} times; give it once"
                            + (" with all its values" if action.nargs == "+" else ""))
         return super().parse_args(argv, namespace)
+
+
+def _is_value(word: str) -> bool:
+    """Whether a word of the command line is a value rather than a flag (a negative number is a value)."""
+    if not word.startswith("-"):
+        return True
+    try:
+        float(word)
+    except ValueError:
+        return False
+    return True
 
 
 def run_command(body: Callable[[], int], show_errors: bool = True) -> int:

@@ -100,15 +100,21 @@ def training_checkpoints(output_dir: str) -> list[str]:
 
 def find_resume_checkpoint(output_dir: str, logger: logging.Logger) -> Optional[str]:
     """The newest readable training checkpoint in `output_dir`, or None; unreadable ones are skipped with a warning."""
-    candidates = training_checkpoints(output_dir)
-    for path in candidates:
+    newest = _newest_readable(output_dir, logger)
+    return newest[0] if newest else None
+
+
+def _newest_readable(output_dir: str, logger: logging.Logger) -> Optional[tuple[str, dict]]:
+    """(path, payload) of the newest readable training checkpoint in `output_dir`; unreadable ones are skipped with
+    a warning."""
+    for path in training_checkpoints(output_dir):
         try:
             payload = load_checkpoint_file(path)
         except CheckpointError as err:
             logger.warning(f"auto-resume skips {path}: {err}")
             continue
         if {"model", "optimizer", "epoch"} <= payload.keys():
-            return path
+            return path, payload
         logger.warning(f"auto-resume skips {path}: it is not a training checkpoint")
     return None
 
@@ -149,12 +155,17 @@ def _flatten(node: Any, prefix: str = "") -> dict:
     return {prefix[:-1]: list(node) if isinstance(node, (list, tuple)) else node}
 
 
+def _stored_settings(text: object) -> dict:
+    """A checkpoint's stored config as flat `{KEY.NAME: value}`; text that is no config gives none."""
+    try:
+        return _flatten(yaml.safe_load(text) or {}) if isinstance(text, str) else {}
+    except (yaml.YAMLError, RecursionError):
+        return {}
+
+
 def settings_differences(stored_text: str, config: CfgNode, stored_world: int, world_size: int) -> dict:
     """`{key: (stored, current)}` for the training settings that differ; `processes` stands for the world size."""
-    try:
-        stored = _flatten(yaml.safe_load(stored_text) or {})
-    except (yaml.YAMLError, RecursionError):  # text that is no config compares as none
-        stored = {}
+    stored = _stored_settings(stored_text)
     current = _flatten(config)
     free = _FREE_KEYS | (_FREE_WHEN_RESUMED if config.MODEL.RESUME else set())
     differences = {key: (stored.get(key), value) for key, value in current.items()
@@ -260,22 +271,13 @@ def continued_checkpoint(config: CfgNode, logger: logging.Logger) -> str:
     given, written = config.MODEL.RESUME, training_checkpoints(config.OUTPUT)
     if not written or (os.path.exists(given) and os.path.realpath(written[0]) == os.path.realpath(given)):
         return given
-    newest = find_resume_checkpoint(config.OUTPUT, logger)
-    if not newest or not _started_from(newest, given):
+    newest = _newest_readable(config.OUTPUT, logger)
+    resumed = _stored_settings(newest[1].get("config")).get("MODEL.RESUME") if newest else None
+    if not (isinstance(resumed, str) and resumed and os.path.realpath(resumed) == os.path.realpath(given)):
         return given
     logger.info(f"--resume {given}: {config.OUTPUT} holds later checkpoints of the run it started; continuing from "
-                f"the newest, {newest}")
-    return newest
-
-
-def _started_from(path: str, given: str) -> bool:
-    """Whether the checkpoint at `path` was written by a run started with --resume `given`."""
-    try:
-        stored = yaml.safe_load(load_checkpoint_file(path).get("config") or "")
-        resumed = stored["MODEL"]["RESUME"]
-    except (UserError, yaml.YAMLError, RecursionError, TypeError, KeyError, AttributeError):
-        return False
-    return isinstance(resumed, str) and bool(resumed) and os.path.realpath(resumed) == os.path.realpath(given)
+                f"the newest, {newest[0]}")
+    return newest[0]
 
 
 def check_nothing_overwritten(config: CfgNode, start_path: str, position: tuple[int, int]) -> None:

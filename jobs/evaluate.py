@@ -42,7 +42,8 @@ def _eval_setup(config: CfgNode, rt: Runtime, logger: logging.Logger
         return bare, loader, names, classes
     payload, state, _ = read_checkpoint(path, logger)
     loader, data_classes, names = build_eval_loader(config, rt, payload.get("class_names"), logger)
-    classes = head_classes(state) or data_classes
+    classes = head_classes(state)
+    classes = data_classes if classes is None else classes
     if data_classes > classes:
         raise DataError(f"the data has {data_classes} classes and the head of {path} {classes}; evaluate it on the "
                         "data it was trained for, or fine-tune it with --pretrained")

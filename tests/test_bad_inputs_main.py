@@ -323,6 +323,7 @@ COMMAND_LINE_CASES = {
                                        ("here it is --pretrained swin_tiny_patch4_window7_224", "tools.zoo")),
     "timm's --input-size C H W": (t("--input-size", "3", "224", "224"), ("--opts DATA.IMG_SIZE 224",)),
     "timm's --input-size=": (t("--input-size=192"), ("--opts DATA.IMG_SIZE 192",)),
+    "timm's --lr before another timm flag": (t("--lr", "1e-3", "-j", "4"), ("--opts TRAIN.BASE_LR 1e-3,",)),
     "timm's --drop-path": (t("--drop-path", "0.1"), ("--opts MODEL.DROP_PATH_RATE 0.1",)),
     "the reference SimMIM scripts' --enable-amp": (t("--enable-amp"), ("--enable-amp", "AMP is on by default")),
     "no cfg and weights without a config": ((("--pretrained", "{bare}"), ()), ("bare.pth carries no config", "--cfg")),
