@@ -3,6 +3,7 @@ architecture the data size can be cut into. Each failure is one ConfigError nami
 """
 
 import math
+import re
 from dataclasses import dataclass
 from typing import Any, Optional
 
@@ -169,6 +170,13 @@ def _validate_auto_augment(policy: str) -> None:
     """AUG.AUTO_AUGMENT is "none" or a policy timm's parsers take (rand-..., augmix-..., v0, original, 3a, ...)."""
     if policy == "none":
         return
+    family = policy.split("-")[0]
+    if family in ("rand", "augmix"):  # timm skips a section without a number, so a typo would go unnoticed
+        sections = [s for s in policy.split("-")[1:] if not (family == "rand" and s.startswith("t"))]
+        unread = next((s for s in sections if not re.search(r"\d", s)), None)
+        if unread is not None:
+            raise ConfigError(f"config key AUG.AUTO_AUGMENT is {policy!r}: the section {unread!r} has no number, "
+                              "which timm would skip; write KEY then its value, e.g. 'rand-m9-mstd0.5-inc1'")
     try:
         if policy.startswith("rand"):
             auto_augment.rand_augment_transform(policy, {})
