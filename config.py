@@ -12,9 +12,9 @@ from yacs.config import CfgNode as CN
 
 from checkpoints.download import local_weights
 from checkpoints.files import load_checkpoint_file
-from checkpoints.run_folder import finetune_tag, tag_beside_weights
+from checkpoints.run_folder import tag_beside_weights
 from configuration.checks import architecture_differences, validate_config
-from configuration.merge import flags_as_opts, merge_file, merge_opts, merge_stored
+from configuration.merge import flags_as_opts, merge_file, merge_opts, merge_stored_run
 from models import zoo
 from runtime import launcher_ranks
 from utils import ConfigError
@@ -315,29 +315,10 @@ def load_config(cfg_file: str, opts: Iterable[str] = ()) -> CN:
 
 
 def load_stored_config(text: str, source: str, opts: Iterable[str] = (), for_finetuning: bool = False) -> CN:
-    """The config a checkpoint of this project carries, with `opts` on top; OUTPUT back to its root folder.
-
-    `for_finetuning` (--pretrained): a new run on new data, so the data source is the user's to give
-    (--data-path), and the run gets its own folder (run_folder.finetune_tag), never the one it starts from.
-    """
+    """The config a checkpoint of this project carries, with `opts` on top (configuration.merge.merge_stored_run
+    says what of the stored run carries over)."""
     cfg = default_config()
-    merge_stored(cfg, text, source)
-    # What described the run that wrote it, not its model, starts afresh.
-    cfg.MODEL.RESUME = cfg.MODEL.PRETRAINED = ""
-    cfg.EVAL_MODE = cfg.THROUGHPUT_MODE = False
-    cfg.LOCAL_RANK = 0
-    suffix = os.path.join(cfg.MODEL.NAME, cfg.TAG)
-    if cfg.OUTPUT.endswith(os.sep + suffix):
-        cfg.OUTPUT = cfg.OUTPUT[: -len(suffix) - 1]
-    if for_finetuning and cfg.MODEL.SIMMIM.PRETRAIN:
-        raise ConfigError(f"{source} is SimMIM pre-training, and its config pre-trains; pass --cfg with a fine-tuning "
-                          "config that builds the same encoder (configs/simmim/simmim_finetune__*.yaml for the "
-                          "reference's)")
-    if for_finetuning:
-        for key in ("DATASET", "DATA_PATH", "ZIP_MODE", "CACHE_MODE"):
-            cfg.DATA[key] = _C.DATA[key]
-        cfg.MODEL.NUM_CLASSES = _C.MODEL.NUM_CLASSES  # the new data's
-        cfg.TAG = finetune_tag(cfg.TAG)
+    merge_stored_run(cfg, text, source, for_finetuning)
     return _finish(cfg, opts)
 
 

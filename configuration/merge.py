@@ -14,6 +14,7 @@ from typing import Any, Optional, Sequence
 import yaml
 from yacs.config import CfgNode as CN
 
+from checkpoints.run_folder import finetune_tag
 from utils import ConfigError, kind_problem
 
 
@@ -118,6 +119,32 @@ def merge_stored(cfg: CN, text: str, source: str) -> None:
     if not isinstance(values, dict):
         raise ConfigError(f"the config stored in {source} is not a KEY: VALUE mapping; pass --cfg")
     merge_values(cfg, values, f"the config stored in {source}")
+
+
+def merge_stored_run(cfg: CN, text: str, source: str, for_finetuning: bool) -> None:
+    """Merge a stored run's config into the defaults `cfg` for a new job; OUTPUT goes back to its root folder.
+
+    What described the run that wrote it, not its model, starts afresh. `for_finetuning` (--pretrained): a new run on
+    new data, so the data source is the user's to give (--data-path), and the run gets its own folder
+    (run_folder.finetune_tag), never the one it starts from.
+    """
+    defaults = cfg.clone()
+    merge_stored(cfg, text, source)
+    cfg.MODEL.RESUME = cfg.MODEL.PRETRAINED = ""
+    cfg.EVAL_MODE = cfg.THROUGHPUT_MODE = False
+    cfg.LOCAL_RANK = 0
+    suffix = os.path.join(cfg.MODEL.NAME, cfg.TAG)
+    if cfg.OUTPUT.endswith(os.sep + suffix):
+        cfg.OUTPUT = cfg.OUTPUT[: -len(suffix) - 1]
+    if for_finetuning and cfg.MODEL.SIMMIM.PRETRAIN:
+        raise ConfigError(f"{source} is SimMIM pre-training, and its config pre-trains; pass --cfg with a fine-tuning "
+                          "config that builds the same encoder (configs/simmim/simmim_finetune__*.yaml for the "
+                          "reference's)")
+    if for_finetuning:
+        for key in ("DATASET", "DATA_PATH", "ZIP_MODE", "CACHE_MODE"):
+            cfg.DATA[key] = defaults.DATA[key]
+        cfg.MODEL.NUM_CLASSES = defaults.MODEL.NUM_CLASSES  # the new data's
+        cfg.TAG = finetune_tag(cfg.TAG)
 
 
 def _read_yaml(cfg_file: str) -> dict:
