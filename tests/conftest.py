@@ -2,13 +2,17 @@
 
 import contextlib
 import hashlib
+import http.server
 import io
 import json
+import math
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
 import zipfile
 from typing import Optional
@@ -17,6 +21,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from yacs.config import CfgNode
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARED = os.path.join(os.path.dirname(ROOT), "shared")
@@ -24,6 +29,12 @@ DATASETS = os.path.join(SHARED, "datasets")
 TINY_CFG = os.path.join(ROOT, "tests", "configs", "tiny.yaml")
 
 sys.path.insert(0, ROOT)
+
+from bad_inputs import image_tree  # noqa: E402
+
+from config import load_config  # noqa: E402
+from models import build_model  # noqa: E402
+from optimizer import build_optimizer  # noqa: E402
 
 
 def run_main(*args: str, env: dict | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
@@ -62,6 +73,17 @@ def assert_torchrun_user_error(result: subprocess.CompletedProcess, *fragments: 
     assert codes and set(codes) == {"2"}, result.stderr[-3000:]
     for fragment in fragments:
         assert fragment in errors[0], errors[0]
+
+
+@pytest.fixture(autouse=True)
+def own_environment():
+    """Each test starts from the environment the session started with: an in-process job (a SLURM rendezvous sets
+    MASTER_ADDR, for one) must not reach the launches of tests that run after it in the same worker."""
+    before = dict(os.environ)
+    yield
+    if dict(os.environ) != before:
+        os.environ.clear()
+        os.environ.update(before)
 
 
 @pytest.fixture
@@ -166,6 +188,18 @@ def assert_same_weights(expected: dict, actual: dict) -> None:
     assert not different, f"{len(different)} of {len(expected)} tensors differ, e.g. {different[:3]}"
 
 
+@pytest.fixture(scope="session")
+def finished_run(tmp_path_factory):
+    """The suite's one finished training run: `command(output)` (the paper's recipe, two epochs on the digits, two
+    loader workers). Tests read it, resume copies of it and point bad commands at it; none may change it, which is
+    checked when the session ends."""
+    output = tmp_path_factory.mktemp("finished_run")
+    ok(run(command(output)))
+    before = digest(run_dir(output))
+    yield output
+    assert digest(run_dir(output)) == before, "a test changed the shared finished run"
+
+
 def metrics_lines(output) -> list:
     with open(os.path.join(run_dir(output), "metrics.jsonl"), encoding="utf-8") as f:
         lines = [json.loads(line, parse_constant=lambda c: pytest.fail(f"{c} in metrics.jsonl")) for line in f]
@@ -203,8 +237,145 @@ def write_layouts(root: str, counts: dict[str, int]) -> None:
 
 def config_for(root: str, zip_mode: bool, cache_mode: str = "part"):
     """The tiny config reading `root`'s layouts (zips with `zip_mode`), two classes, batches of two."""
-    from config import load_config
-
     return load_config(TINY_CFG, ("DATA.DATASET", "'imagenet'", "DATA.DATA_PATH", root, "DATA.ZIP_MODE",
                                   str(zip_mode), "DATA.CACHE_MODE", f"'{cache_mode}'", "DATA.BATCH_SIZE", "2",
                                   "MODEL.NUM_CLASSES", "2"))
+
+
+# Configs and models: the tiny config, the reference configs, and a SimMIM / Swin V2 variant of the tiny one.
+def tiny_config(*opts: str) -> CfgNode:
+    return load_config(TINY_CFG, list(opts))
+
+
+def tiny_model(*opts: str) -> torch.nn.Module:
+    torch.manual_seed(0)
+    return build_model(load_config(TINY_CFG, opts))
+
+
+def reference_model(cfg_name: str, *opts: str) -> torch.nn.Module:
+    torch.manual_seed(0)
+    return build_model(load_config(os.path.join(ROOT, "configs", cfg_name), opts))
+
+
+def stepped_optimizer(model: torch.nn.Module, fused: bool, name: str = "adamw") -> torch.optim.Optimizer:
+    config = load_config(TINY_CFG, ("TRAIN.OPTIMIZER.NAME", repr(name)))
+    optimizer = build_optimizer(config, model, 1e-3, fused=fused)
+    model(torch.randn(2, 3, 32, 32)).sum().backward()
+    optimizer.step()
+    return optimizer
+
+
+def logits_of(model: torch.nn.Module, size: int) -> torch.Tensor:
+    with torch.no_grad():
+        return model.eval()(torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(3)))
+
+
+SIMMIM = ("MODEL.SIMMIM.PRETRAIN", "True", "DATA.MASK_PATCH_SIZE", "8")
+
+
+TINY_V2 = ("MODEL.TYPE", "swinv2", "MODEL.SWINV2.EMBED_DIM", "16", "MODEL.SWINV2.DEPTHS", "[2, 2]",
+           "MODEL.SWINV2.NUM_HEADS", "[2, 4]", "MODEL.SWINV2.WINDOW_SIZE", "4")
+
+
+def cosine_lr(step: int, base: float, warmup_lr: float, min_lr: float, warmup: int, total: int) -> float:
+    """Linear warm-up, then a cosine over the remaining steps (the reference's WARMUP_PREFIX True)."""
+    if step < warmup:
+        return warmup_lr + step * (base - warmup_lr) / warmup
+    return min_lr + 0.5 * (base - min_lr) * (1 + math.cos(math.pi * (step - warmup) / (total - warmup)))
+
+
+# Images: the shipped data sets, a photo-like picture, and a two-class folder tree.
+CIFAR10 = os.path.join(DATASETS, "cifar10")
+
+
+IMAGENET_SAMPLES = os.path.join(DATASETS, "imagenet-samples")
+
+
+def photo(width: int, height: int, seed: int = 0, grain: int = 8) -> Image.Image:
+    """A smooth random colour picture (features of about `grain` pixels) with some edges (a JPEG of noise would
+    be all artefacts)."""
+    rng = np.random.default_rng(seed)
+    coarse = rng.integers(0, 256, (height // grain + 2, width // grain + 2, 3), dtype=np.uint8)
+    img = Image.fromarray(coarse).resize((width, height), Image.Resampling.BICUBIC)
+    pixels = np.array(img)
+    pixels[height // 3:height // 2, :, 0] = 255
+    return Image.fromarray(pixels)
+
+
+def two_class_images(root, corrupt: bool = False) -> str:
+    for split in ("train", "val"):
+        for label in ("a", "b"):
+            os.makedirs(root / split / label)
+            for i in range(8 if split == "train" else 1):
+                Image.new("RGB", (32, 32), (40 * i, 100, 0)).save(root / split / label / f"{i}.png")
+    if corrupt:
+        (root / "train" / "a" / "3.png").write_bytes(b"this is not a PNG")
+    return str(root)
+
+
+# Runs and servers beside the tests: a free port, a local HTTP file server.
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class FileServer:
+    """Serves `routes` ({path: (status, body, advertised length or None)}) on 127.0.0.1 and counts requests."""
+
+    def __init__(self) -> None:
+        self.routes: dict = {}
+        self.requests: list[str] = []
+        server = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                server.requests.append(self.path)
+                status, body, length = server.routes.get(self.path, (404, b"not found", None))
+                self.send_response(status)
+                self.send_header("Content-Length", str(length if length is not None else len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.httpd.server_port}{path}"
+
+
+@pytest.fixture
+def server():
+    served = FileServer()
+    yield served
+    served.httpd.shutdown()
+    served.httpd.server_close()
+
+
+# The second shared run: four named class folders (the first, `finished_run`, trains on the digits).
+# A model the tiny config does not build by itself: the checkpoint alone must carry these.
+CLASS_RUN_OPTS = ("MODEL.NUM_CLASSES", "4", "MODEL.SWIN.EMBED_DIM", "24", "MODEL.SWIN.MLP_RATIO", "2.0",
+                  "DATA.BATCH_SIZE", "4")
+
+
+CLASS_RUN_NAMES = ("ant", "bee", "cat", "dog")
+
+
+@pytest.fixture(scope="session")
+def class_run(tmp_path_factory):
+    """A finished run on four named class folders, with a model the tiny config does not build by itself (the
+    checkpoint alone must carry it): its checkpoint, data and folder, for --eval, the tools and fine-tuning."""
+    root = tmp_path_factory.mktemp("travel")
+    data = image_tree(str(root / "data"), classes=CLASS_RUN_NAMES, per_class=8, val_per_class=3)
+    result = run_main("--cfg", TINY_CFG, "--data-path", data, "--output", str(root / "out"), "--opts",
+                      "DATA.DATASET", "'imagenet'", *CLASS_RUN_OPTS)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return {"root": root, "data": data, "ckpt": str(root / "out" / "swin_tiny_test" / "default" / "best.pth")}
+
+
+def eval_line(result) -> str:
+    assert result.returncode == 0, result.stderr[-2000:]
+    return next(line.split("] ", 1)[1] for line in result.stdout.splitlines() if "eval on" in line)

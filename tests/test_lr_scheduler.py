@@ -1,8 +1,12 @@
+"""lr_scheduler.py: the reference's schedules per step (cosine with warm-up, linear, step, multistep), scaled by the
+global batch, and every update at its step's rate.
+"""
+
 import math
 
 import pytest
 import torch
-from conftest import TINY_CFG
+from conftest import TINY_CFG, cosine_lr, run_main
 
 from config import load_config
 from lr_scheduler import build_scheduler, scale_lrs
@@ -72,3 +76,19 @@ def test_linear_scaling_by_global_batch_and_accumulation():
 def test_unknown_scheduler_is_a_config_error():
     with pytest.raises(Exception, match="use one of cosine"):
         schedule("TRAIN.LR_SCHEDULER.NAME", "'poly'")
+
+
+def test_every_update_runs_at_the_schedules_rate_for_its_index(tmp_path):
+    """Update k (from 0) trains at schedule(k): the warm-up reaches BASE_LR exactly when it ends, as in timm."""
+    from tools.plot_metrics import step_lrs
+
+    result = run_main("--cfg", TINY_CFG, "--output", str(tmp_path), "--opts", "TRAIN.LAYER_DECAY", "0.5")
+    assert result.returncode == 0, result.stderr[-2000:]
+    lrs = dict(step_lrs(str(tmp_path / "swin_tiny_test" / "default")))  # the rate of update k, set after update k-1
+    config = load_config(TINY_CFG)
+    per_epoch, scale = 1280 // config.DATA.BATCH_SIZE, config.DATA.BATCH_SIZE / 512
+    assert sorted(lrs) == list(range(1, 2 * per_epoch + 1))
+    for step in (1, 80, per_epoch - 1, per_epoch, per_epoch + 1, 2 * per_epoch - 1):
+        expected = cosine_lr(step, config.TRAIN.BASE_LR * scale, config.TRAIN.WARMUP_LR * scale,
+                             config.TRAIN.MIN_LR * scale, per_epoch, 2 * per_epoch)
+        assert lrs[step] == pytest.approx(expected, rel=1e-6), step  # the head's rate: layer decay leaves it be

@@ -1,4 +1,6 @@
-"""The runtime's process-wide numeric switches follow the config, not a fixed choice."""
+"""runtime.py, the one place for device, DDP and precision: numeric switches follow the config, compile falls back in
+one line, oneDNN linears and fused optimizer kernels on CPU, launcher variables, NCCL and SLURM settings.
+"""
 
 import os
 import re
@@ -218,7 +220,8 @@ def test_slurm_jobs_on_one_node_meet_at_their_own_port(job_ids, distinct, monkey
     ports = []
     for job_id in job_ids:
         for name in ("MASTER_PORT", "MASTER_ADDR"):
-            monkeypatch.delenv(name, raising=False)
+            monkeypatch.setenv(name, "")  # recorded, so what _slurm_rendezvous writes is undone after the test
+            monkeypatch.delenv(name)
         monkeypatch.setenv("SLURM_JOB_NODELIST", "gpu[003-004]")
         monkeypatch.setenv("SLURM_JOB_ID", job_id)
         _slurm_rendezvous()
