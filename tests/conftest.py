@@ -156,6 +156,11 @@ def run(cmd: list, env: dict | None = None) -> subprocess.CompletedProcess:
                           env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})})
 
 
+def torchrun_main(*args: str, nproc: int = 2) -> subprocess.CompletedProcess:
+    """`torchrun --standalone --nproc_per_node NPROC main.py ARGS` on CPU (gloo), one thread per rank."""
+    return run([sys.executable, *torchrun(nproc), os.path.join(ROOT, "main.py"), *args])
+
+
 def ok(result: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
     assert result.returncode == 0, result.stderr[-3000:]
     return result

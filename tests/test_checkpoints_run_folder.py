@@ -24,9 +24,9 @@ DIGITS = ("--opts", "DATA.DATASET", "digits", "TRAIN.EPOCHS", "2", "PRINT_FREQ",
 
 
 def popen_main(output, *extra: str, script: tuple[str, ...] = ("main.py",)) -> subprocess.Popen:
-    command = [sys.executable, *[os.path.join(ROOT, part) if part.endswith(".py") else part for part in script],
-               "--cfg", TINY_CFG, "--output", str(output), *extra, *DIGITS]
-    return subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    argv = [sys.executable, *[os.path.join(ROOT, part) if part.endswith(".py") else part for part in script],
+            "--cfg", TINY_CFG, "--output", str(output), *extra, *DIGITS]
+    return subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, "OMP_NUM_THREADS": "1"})
 
 

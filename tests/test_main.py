@@ -6,12 +6,10 @@ import json
 import math
 import os
 import re
-import subprocess
-import sys
 
 import pytest
 import torch
-from conftest import ROOT, TINY_CFG, metrics_lines, run_dir, run_main, two_class_images
+from conftest import TINY_CFG, metrics_lines, run_dir, run_main, torchrun_main, two_class_images
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 DIGITS = ("--opts", "DATA.DATASET", "digits", "TRAIN.EPOCHS", "2", "PRINT_FREQ", "1000")
@@ -66,21 +64,14 @@ def test_eval_only_evaluates_compiled_on_request_and_answers_as_the_run_did(fini
     assert not any(name.startswith("ckpt") for name in os.listdir(run_dir(tmp_path)))
 
 
-def torchrun(*args: str) -> subprocess.CompletedProcess:
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-               os.path.join(ROOT, "main.py"), *args]
-    return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"})
-
-
 def test_ddp_trains_and_evaluates_like_one_process(finished_run, tmp_path):
-    result = torchrun("--cfg", TINY_CFG, "--output", str(tmp_path / "ddp"), *DIGITS[:-4], "TRAIN.EPOCHS", "1",
-                      "TRAIN.WARMUP_EPOCHS", "0", "PRINT_FREQ", "1000")
+    result = torchrun_main("--cfg", TINY_CFG, "--output", str(tmp_path / "ddp"), *DIGITS[:-4], "TRAIN.EPOCHS", "1",
+                           "TRAIN.WARMUP_EPOCHS", "0", "PRINT_FREQ", "1000")
     assert result.returncode == 0, result.stderr[-3000:]
     assert "rank 0 of 2" in result.stdout and os.path.isfile(os.path.join(run_dir(tmp_path / "ddp"),
                                                                           "ckpt_epoch_0.pth"))
     ckpt = os.path.join(run_dir(finished_run), "ckpt_epoch_1.pth")
-    two = torchrun("--cfg", TINY_CFG, "--output", str(tmp_path / "two"), "--eval", "--resume", ckpt, *DIGITS)
+    two = torchrun_main("--cfg", TINY_CFG, "--output", str(tmp_path / "two"), "--eval", "--resume", ckpt, *DIGITS)
     assert two.returncode == 0, two.stderr[-3000:]
     count, top1, _, loss = eval_figures(two.stdout)
     one = metrics_lines(finished_run)[-1]  # the one-process run's validation of these weights
@@ -102,11 +93,8 @@ def test_ema_is_evaluated_saved_and_leaves_integer_buffers(tmp_path):
 
 def test_ddp_with_more_processes_than_validation_images(tmp_path):
     root = two_class_images(tmp_path / "data")
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "3",
-               os.path.join(ROOT, "main.py"), "--cfg", TINY_CFG, "--output", str(tmp_path / "out"), "--data-path",
-               root, "--batch-size", "2", "--opts", "DATA.DATASET", "'imagenet'", "MODEL.NUM_CLASSES", "2"]
-    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600,
-                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    result = torchrun_main("--cfg", TINY_CFG, "--output", str(tmp_path / "out"), "--data-path", root, "--batch-size",
+                           "2", "--opts", "DATA.DATASET", "'imagenet'", "MODEL.NUM_CLASSES", "2", nproc=3)
     assert result.returncode == 0, result.stderr[-3000:]
     assert re.search(r"epoch 1: val top-1 (0|50|100)\.00%", result.stdout)
 

@@ -34,6 +34,7 @@ from conftest import (
     assert_user_error,
     digest,
     run_main,
+    torchrun_main,
 )
 
 import main as main_module
@@ -610,13 +611,6 @@ def test_a_real_process_prints_one_line_without_traceback(finished_run, files):
                  ("--cfg", TINY_CFG, "--resume", files["weight_sparse"])):  # torch warns while loading sparse ones
         assert_user_error(run_main(*argv, "--output", str(finished_run), "--opts", *FINISHED))
     assert digest(run_dir(finished_run)) == before
-
-
-def torchrun_main(*args: str) -> subprocess.CompletedProcess:
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-               os.path.join(ROOT, "main.py"), *args]
-    return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"})
 
 
 TORCHRUN_CASES = {
