@@ -249,20 +249,24 @@ def config_for(root: str, zip_mode: bool, cache_mode: str = "part"):
 
 # Configs and models: the tiny config, the reference configs, and a SimMIM / Swin V2 variant of the tiny one.
 def tiny_config(*opts: str) -> CfgNode:
+    """The tests' tiny config (32px, two stages) with `opts` on top."""
     return load_config(TINY_CFG, list(opts))
 
 
 def tiny_model(*opts: str) -> torch.nn.Module:
+    """The tiny config's model, seeded, so two calls build the same weights."""
     torch.manual_seed(0)
     return build_model(load_config(TINY_CFG, opts))
 
 
 def reference_model(cfg_name: str, *opts: str) -> torch.nn.Module:
+    """The model of a shipped config (configs/`cfg_name`), seeded."""
     torch.manual_seed(0)
     return build_model(load_config(os.path.join(ROOT, "configs", cfg_name), opts))
 
 
 def stepped_optimizer(model: torch.nn.Module, fused: bool, name: str = "adamw") -> torch.optim.Optimizer:
+    """An optimizer of the tiny config that has taken one step, so it holds state to save and restore."""
     config = load_config(TINY_CFG, ("TRAIN.OPTIMIZER.NAME", repr(name)))
     optimizer = build_optimizer(config, model, 1e-3, fused=fused)
     model(torch.randn(2, 3, 32, 32)).sum().backward()
@@ -271,13 +275,12 @@ def stepped_optimizer(model: torch.nn.Module, fused: bool, name: str = "adamw") 
 
 
 def logits_of(model: torch.nn.Module, size: int) -> torch.Tensor:
+    """The model's logits for a fixed random batch of two `size`-pixel images."""
     with torch.no_grad():
         return model.eval()(torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(3)))
 
 
 SIMMIM = ("MODEL.SIMMIM.PRETRAIN", "True", "DATA.MASK_PATCH_SIZE", "8")
-
-
 TINY_V2 = ("MODEL.TYPE", "swinv2", "MODEL.SWINV2.EMBED_DIM", "16", "MODEL.SWINV2.DEPTHS", "[2, 2]",
            "MODEL.SWINV2.NUM_HEADS", "[2, 4]", "MODEL.SWINV2.WINDOW_SIZE", "4")
 
@@ -291,8 +294,6 @@ def cosine_lr(step: int, base: float, warmup_lr: float, min_lr: float, warmup: i
 
 # Images: the shipped data sets, a photo-like picture, and a two-class folder tree.
 CIFAR10 = os.path.join(DATASETS, "cifar10")
-
-
 IMAGENET_SAMPLES = os.path.join(DATASETS, "imagenet-samples")
 
 

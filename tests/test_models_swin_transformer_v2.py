@@ -5,7 +5,7 @@ import logging
 
 import timm
 import torch
-from conftest import TINY_CFG, reference_model
+from conftest import TINY_CFG, TINY_V2, reference_model, tiny_model
 from timm.models.swin_transformer_v2 import SwinTransformerV2 as TimmSwinV2
 from timm.models.swin_transformer_v2 import checkpoint_filter_fn
 
@@ -14,13 +14,6 @@ from config import load_config
 from models import build_model
 
 LOGGER = logging.getLogger("test")
-
-
-def tiny_v2(*opts: str) -> torch.nn.Module:
-    torch.manual_seed(0)
-    v2 = ["MODEL.TYPE", "'swinv2'", "MODEL.SWINV2.EMBED_DIM", "16", "MODEL.SWINV2.DEPTHS", "[2, 2]",
-          "MODEL.SWINV2.NUM_HEADS", "[2, 4]", "MODEL.SWINV2.WINDOW_SIZE", "4"]
-    return build_model(load_config(TINY_CFG, v2 + list(opts)))
 
 
 def perturb(model: torch.nn.Module) -> torch.nn.Module:
@@ -42,7 +35,7 @@ def test_swinv2_logits_equal_timm():
 
 
 def test_swinv2_small_config_equals_timm_and_sdpa_equals_plain():
-    model = perturb(tiny_v2())
+    model = perturb(tiny_model(*TINY_V2))
     theirs = TimmSwinV2(img_size=32, patch_size=4, window_size=4, embed_dim=16, depths=(2, 2), num_heads=(2, 4),
                         num_classes=10).eval()
     theirs.load_state_dict(checkpoint_filter_fn(model.state_dict(), theirs), strict=True)
@@ -69,10 +62,10 @@ def test_swinv2_reference_names():
 
 
 def test_swinv2_finetune_across_windows_keeps_the_cpb_mlp(tmp_path):
-    source = perturb(tiny_v2("DATA.IMG_SIZE", "48", "MODEL.SWINV2.WINDOW_SIZE", "3"))
+    source = perturb(tiny_model(*TINY_V2, "DATA.IMG_SIZE", "48", "MODEL.SWINV2.WINDOW_SIZE", "3"))
     path = tmp_path / "w3.pth"
     torch.save({"model": source.state_dict()}, path)
-    target = tiny_v2("DATA.IMG_SIZE", "64", "MODEL.SWINV2.WINDOW_SIZE", "8",
+    target = tiny_model(*TINY_V2, "DATA.IMG_SIZE", "64", "MODEL.SWINV2.WINDOW_SIZE", "8",
                      "MODEL.SWINV2.PRETRAINED_WINDOW_SIZES", "[3, 3]")
     load_pretrained(target, str(path), LOGGER)
     key = "layers.0.blocks.0.attn.cpb_mlp.0.weight"
