@@ -6,6 +6,7 @@ import logging
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -13,7 +14,19 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import torch
 from bad_inputs import image_tree
-from conftest import ROOT, TINY_CFG, assert_user_error, command, digest, free_port, ok, run, run_dir, run_main
+from conftest import (
+    ROOT,
+    TINY_CFG,
+    assert_user_error,
+    command,
+    digest,
+    free_port,
+    interrupt_after,
+    ok,
+    run,
+    run_dir,
+    run_main,
+)
 
 from checkpoints.run_folder import prune_checkpoints, training_checkpoints
 from config import load_config
@@ -23,25 +36,11 @@ from utils import ConfigError
 DIGITS = ("--opts", "DATA.DATASET", "digits", "TRAIN.EPOCHS", "2", "PRINT_FREQ", "20")
 
 
-def popen_main(output, *extra: str, script: tuple[str, ...] = ("main.py",)) -> subprocess.Popen:
-    argv = [sys.executable, *[os.path.join(ROOT, part) if part.endswith(".py") else part for part in script],
-            "--cfg", TINY_CFG, "--output", str(output), *extra, *DIGITS]
-    return subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "OMP_NUM_THREADS": "1"})
-
-
-def wait_for_line(process: subprocess.Popen, pattern: str) -> str:
-    for line in process.stdout:
-        if re.search(pattern, line):
-            return line
-    raise AssertionError(f"the run ended before printing {pattern!r}: {process.stderr.read()[-2000:]}")
-
-
 def test_sigkill_while_saving_resumes_from_the_previous_good_checkpoint(tmp_path):
-    process = popen_main(tmp_path, script=("tests/slow_save_main.py", "ckpt_epoch_1"))
-    wait_for_line(process, "SLOW-SAVE-STARTED")
-    process.kill()
-    process.communicate(timeout=60)
+    slow_save = [sys.executable, os.path.join(ROOT, "tests", "slow_save_main.py"), "ckpt_epoch_1", "--cfg", TINY_CFG,
+                 "--output", str(tmp_path), *DIGITS]
+    killed = interrupt_after(slow_save, "SLOW-SAVE-STARTED", signal.SIGKILL)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]  # killed while saving, not ended
     files = os.listdir(run_dir(tmp_path))
     assert "ckpt_epoch_0.pth" in files and "ckpt_epoch_1.pth" not in files
     # A checkpoint truncated by something else (a copy cut short) must be skipped too.

@@ -16,7 +16,7 @@ import sys
 
 import pytest
 import torch
-from conftest import ROOT, TINY_CFG
+from conftest import ROOT, TINY_CFG, torchrun
 from ddp_engine_worker import SIGNAL_AT
 from timm.scheduler import StepLRScheduler
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -292,13 +292,12 @@ def test_too_many_non_finite_losses_stop_with_one_line_naming_the_step():
 WORKER = os.path.join(ROOT, "tests", "ddp_engine_worker.py")
 
 
-def torchrun(tmp_path, mode: str) -> subprocess.CompletedProcess:
+def run_worker(tmp_path, mode: str) -> subprocess.CompletedProcess:
     """The DDP worker script (main.py with a scripted loader) under torchrun in `mode`, with the tiny config for
     one epoch. After 180 s (a healthy run takes about 10) the job is killed, ranks included (torchrun starts each in
     a session of its own): a rank left waiting in a collective would hang otherwise."""
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", WORKER,
-               mode, str(tmp_path), "--cfg", TINY_CFG, "--output", str(tmp_path / "out"), "--opts",
-               "TRAIN.EPOCHS", "1", "TRAIN.WARMUP_EPOCHS", "0", "PRINT_FREQ", "1000"]
+    command = [sys.executable, *torchrun(), WORKER, mode, str(tmp_path), "--cfg", TINY_CFG, "--output",
+               str(tmp_path / "out"), "--opts", "TRAIN.EPOCHS", "1", "TRAIN.WARMUP_EPOCHS", "0", "PRINT_FREQ", "1000"]
     process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                env={**os.environ, "OMP_NUM_THREADS": "1"})
     try:
@@ -315,7 +314,7 @@ def torchrun(tmp_path, mode: str) -> subprocess.CompletedProcess:
 def test_a_rank_whose_batches_lost_every_image_keeps_step_with_the_other(tmp_path):
     """Rank 1 has no image in its first and third batches, neither rank in the fifth: the run ends, and both ranks
     hold the same weights and made the same five updates (the fifth batch's window, empty everywhere, is none)."""
-    result = torchrun(tmp_path, "undecodable")
+    result = run_worker(tmp_path, "undecodable")
     assert result.returncode == 0, result.stderr[-3000:]
     ranks = [torch.load(tmp_path / f"rank{rank}.pth", weights_only=True) for rank in (0, 1)]
     different = [k for k in ranks[0]["model"] if not torch.equal(ranks[0]["model"][k], ranks[1]["model"][k])]
@@ -326,7 +325,7 @@ def test_a_rank_whose_batches_lost_every_image_keeps_step_with_the_other(tmp_pat
 def test_sigterm_under_ddp_saves_within_two_steps_whatever_print_freq(tmp_path):
     """Only rank 0 gets the signal, with no logging step before the epoch's end: the ranks agree on it in the
     window's collective and save at the step after next (the signal came before batch 5: step 7), then stop."""
-    result = torchrun(tmp_path, "sigterm")
+    result = run_worker(tmp_path, "sigterm")
     codes = [int((tmp_path / f"rank{rank}.code").read_text()) for rank in (0, 1)]
     assert codes == [128 + signal.SIGTERM] * 2, (codes, result.stderr[-3000:])
     folder = tmp_path / "out" / "swin_tiny_test" / "default"

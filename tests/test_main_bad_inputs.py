@@ -33,6 +33,7 @@ from conftest import (
     assert_torchrun_user_error,
     assert_user_error,
     digest,
+    run_dir,
     run_main,
     torchrun_main,
 )
@@ -47,10 +48,6 @@ DIGITS = ("DATA.DATASET", "digits", "TRAIN.EPOCHS", "2", "PRINT_FREQ", "1000")
 # The settings of the shared finished run, so that each case meets its own mistake, not a change of settings.
 FINISHED = (*PAPER_RECIPE, "DATA.NUM_WORKERS", "0")
 FOLDERS = ("DATA.DATASET", "'imagenet'", "DATA.BATCH_SIZE", "4", "MODEL.NUM_CLASSES", "2")
-
-
-def run_dir(output) -> str:
-    return os.path.join(str(output), "swin_tiny_test", "default")
 
 
 @pytest.fixture(scope="module")
